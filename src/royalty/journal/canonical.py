@@ -14,12 +14,14 @@ from typing import Any
 from ..errors import InvalidInput
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# One encoder for all calls: json.dumps with non-default options builds a new encoder every time.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` canonically. Raises InvalidInput naming the JSON path of the first bad value."""
     _check(value, "$")
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _ENCODER.encode(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
