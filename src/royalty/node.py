@@ -154,6 +154,7 @@ def init_node(
     except BaseException:
         store.close()
         raise
+    node.blobs.root.mkdir(exist_ok=True)
     node.journal.checkpoint()
     return node, True
 

@@ -46,6 +46,7 @@ class Account:
     name: str
     kind: str
     created_ms: int
+    created_seq: int  # the journal event that created it
     roles: tuple[Role, ...] = field(default=())
 
     def has_role(self, role: str, scope: str = "") -> bool:
@@ -62,6 +63,7 @@ class Account:
             "kind": self.kind,
             "roles": [str(r) for r in self.roles],
             "created_ms": self.created_ms,
+            "created_seq": self.created_seq,
         }
 
 
@@ -110,7 +112,7 @@ class Accounts:
         """
         roles = tuple(dict.fromkeys(roles))
         problems = []
-        if not isinstance(name, str) or not _NAME.match(name) or name.startswith("acct_"):
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("acct_"):
             problems.append(
                 f"name {name!r} is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
                 "starting and ending with a letter or digit, and not starting with 'acct_'"
@@ -135,14 +137,16 @@ class Accounts:
             raise Conflict(f"an account named {name!r} already exists", field="name")
         account_id = "acct_" + secrets.token_hex(8)
         now = self.clock()
-        conn.execute(insert(accounts).values(id=account_id, name=name, kind=kind, created_ms=now))
-        if roles:
-            conn.execute(insert(account_roles), [{"account_id": account_id, "role": r, "scope": ""} for r in roles])
-        self.journal.append(
+        event = self.journal.append(
             conn, "account.created", {"id": account_id, "name": name, "kind": kind, "roles": list(roles)}, actor=actor
         )
+        conn.execute(
+            insert(accounts).values(id=account_id, name=name, kind=kind, created_ms=now, created_seq=event.seq)
+        )
+        if roles:
+            conn.execute(insert(account_roles), [{"account_id": account_id, "role": r, "scope": ""} for r in roles])
         key = self._new_key(conn, account_id, "default", actor) if with_key else None
-        account = Account(account_id, name, kind, now, tuple(Role(r) for r in roles))
+        account = Account(account_id, name, kind, now, event.seq, tuple(Role(r) for r in roles))
         return account, key
 
     # --- keys --------------------------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class Accounts:
         or revoked key, with the same message for the last three (no oracle for which key ids exist)."""
         if not api_key:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-        match = _KEY.match(api_key.strip())
+        match = _KEY.fullmatch(api_key.strip())
         if match is None:
             raise AuthenticationError("invalid API key")
         key_id, secret = match.groups()
@@ -220,10 +224,10 @@ class Accounts:
             .where(account_roles.c.account_id == row.id)
             .order_by(account_roles.c.scope, account_roles.c.role)
         ).all()
-        return Account(row.id, row.name, row.kind, int(row.created_ms), tuple(Role(r.role, r.scope) for r in roles))
+        return Account(row.id, row.name, row.kind, int(row.created_ms), int(row.created_seq), tuple(Role(r.role, r.scope) for r in roles))
 
     def list(self, *, kind: str | None = None) -> list[Account]:
-        query = select(accounts.c.id).order_by(accounts.c.created_ms, accounts.c.name)
+        query = select(accounts.c.id).order_by(accounts.c.created_seq)
         if kind is not None:
             query = query.where(accounts.c.kind == kind)
         with self.store.read() as conn:

@@ -116,6 +116,10 @@ def verify_proof(
     as_json: JsonOption = False,
 ) -> None:
     """Check an inclusion proof without any database: only the proof and a trusted verifier key."""
+    if not key:
+        # A proof cannot vouch for itself: the trusted key must come from elsewhere.
+        raise InvalidInput("pass the node's verifier key with --key (see `royalty info`)", field="key")
+    keys = [VerifierKey.parse(k) for k in key]
     text = typer.get_text_stream("stdin").read() if str(file) == "-" else _read(file)
     try:
         bundle = json.loads(text)
@@ -123,11 +127,6 @@ def verify_proof(
         raise InvalidInput(f"{file}: not JSON ({exc})", field="file") from None
     if not isinstance(bundle, dict):
         raise InvalidInput(f"{file}: not a journal proof document", field="file")
-    keys = [VerifierKey.parse(k) for k in key] if key else []
-    if not keys:
-        # Without --key, trust the key named by the proof's own checkpoint only if the caller passes it: a proof
-        # cannot vouch for itself.
-        raise InvalidInput("pass the node's verifier key with --key (see `royalty info`)", field="key")
     head = verify_proof_bundle(bundle, keys)
     emit(
         as_json,

@@ -206,11 +206,14 @@ def verify_proof_bundle(bundle: dict[str, Any], keys: Sequence[VerifierKey]) -> 
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInput(f"not a journal proof document: {exc}", field="proof") from None
     head = open_note(note, keys)
-    doc = json.loads(event)
-    if doc.get("seq") != seq:
-        raise VerificationFailed(f"the event inside the proof is event {doc.get('seq')}, not {seq}", seq=seq)
     if not verify_inclusion(hash_leaf(event), seq, head.size, proof, head.root):
         raise VerificationFailed(f"event {seq} is not included in the signed tree of size {head.size}", seq=seq)
+    try:
+        claimed = json.loads(event).get("seq")
+    except (ValueError, AttributeError):
+        claimed = None
+    if claimed != seq:  # included, but at another position than the bundle says
+        raise VerificationFailed(f"the event inside the proof says it is event {claimed}, not {seq}", seq=seq)
     return head
 
 

@@ -115,7 +115,7 @@ class Journal:
         event_rows: list[tuple[int, str, bytes, bytes]] = []
         node_rows: list[tuple[int, int, bytes]] = []
         for offset, (type_, data, actor) in enumerate(items):
-            if not _EVENT_TYPE.match(type_):
+            if not _EVENT_TYPE.fullmatch(type_):
                 raise InvalidInput(f"bad event type {type_!r}: use dotted lowercase like 'account.created'", field="type")
             if not isinstance(data, dict):
                 raise InvalidInput("event data must be an object", field="data")

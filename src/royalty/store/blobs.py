@@ -85,7 +85,7 @@ class BlobStore:
         return True
 
     def path(self, name: str) -> Path:
-        if not _HEX64.match(name):
+        if not _HEX64.fullmatch(name):
             raise InvalidInput(f"not a blob name: {name!r} (expected 64 lowercase hex digits)", field="blob")
         return self.root / name[:2] / name[2:4] / name
 

@@ -79,6 +79,8 @@ accounts = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # The journal event that created it: the provenance link, and a total creation order.
+    Column("created_seq", BigInteger, nullable=False, unique=True),
 )
 
 # scope '' = node-wide (admin); later 'datanet:<id>' for owner/curator.

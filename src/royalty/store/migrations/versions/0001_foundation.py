@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False, unique=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("created_ms", sa.BigInteger, nullable=False),
+        sa.Column("created_seq", sa.BigInteger, nullable=False, unique=True),
     )
     op.create_table(
         "account_roles",

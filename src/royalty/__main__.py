@@ -1,0 +1,5 @@
+"""``python -m royalty`` is the ``royalty`` command."""
+
+from .cli import main
+
+main()
