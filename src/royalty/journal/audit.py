@@ -80,10 +80,7 @@ def open_note(note: str, keys: Sequence[VerifierKey]) -> SignedHead:
     origin, size_text, root_b64 = lines[0], lines[1], lines[2]
     if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
         raise VerificationFailed(f"checkpoint size {size_text!r} is not a decimal number")
-    try:
-        root = base64.b64decode(root_b64, validate=True)
-    except binascii.Error:
-        raise VerificationFailed("checkpoint root is not base64") from None
+    root = _strict_b64(root_b64, "checkpoint root")
     if len(root) != 32:
         raise VerificationFailed("checkpoint root is not a SHA-256 hash")
     signed = (body + "\n").encode("utf-8")
@@ -93,10 +90,7 @@ def open_note(note: str, keys: Sequence[VerifierKey]) -> SignedHead:
         if not line.startswith("\u2014 "):
             raise VerificationFailed(f"malformed signature line {line!r}")
         name, _, blob_b64 = line[2:].partition(" ")
-        try:
-            blob = base64.b64decode(blob_b64, validate=True)
-        except binascii.Error:
-            raise VerificationFailed(f"signature by {name!r} is not base64") from None
+        blob = _strict_b64(blob_b64, f"signature by {name!r}")
         for key in keys:
             if key.name == name and blob[:4] == key.hint:
                 try:
@@ -215,6 +209,18 @@ def verify_proof_bundle(bundle: dict[str, Any], keys: Sequence[VerifierKey]) -> 
     if claimed != seq:  # included, but at another position than the bundle says
         raise VerificationFailed(f"the event inside the proof says it is event {claimed}, not {seq}", seq=seq)
     return head
+
+
+def _strict_b64(text: str, what: str) -> bytes:
+    """Decode base64 that must be in its one canonical spelling. Lenient decoders ignore the unused low bits of
+    the last character, so without this check a note could be altered without changing what it decodes to."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise VerificationFailed(f"{what} is not base64") from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise VerificationFailed(f"{what} is not canonical base64")
+    return raw
 
 
 def _check_head_root(head: SignedHead, root: bytes) -> None:
