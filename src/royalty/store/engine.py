@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -35,7 +35,9 @@ class Store:
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000) -> None:
         self.url = url
         self.backend: Backend = "sqlite" if url.startswith("sqlite") else "postgresql"
-        self._write_lock = threading.RLock()
+        self._write_lock: AbstractContextManager[object] = (
+            threading.RLock() if self.backend == "sqlite" else nullcontext()
+        )
         self.engine = _create_engine(url, self.backend, busy_timeout_ms)
 
     @contextmanager
@@ -49,7 +51,8 @@ class Store:
         """A write transaction: commits when the block ends, rolls back on any exception.
 
         On SQLite this is ``BEGIN IMMEDIATE`` under a per-process writer lock, so two writers never interleave
-        and a writer never fails half-way on a lock upgrade.
+        and a writer never fails half-way on a lock upgrade. On PostgreSQL writers run concurrently and
+        serialise only on the rows they lock (the journal head, later hot ledger accounts).
         """
         with self._write_lock, self._connect(write=True) as conn, conn.begin():
             yield conn
