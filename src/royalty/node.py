@@ -150,12 +150,12 @@ def init_node(
         identity_file: dict[str, Any] = {"format": NODE_FORMAT, **identity}
         if settings.database_url:
             identity_file["database_url"] = settings.database_url
+        node.blobs.root.mkdir(exist_ok=True)
+        node.journal.checkpoint()
         _write_json_atomic(root / NODE_FILE, identity_file)
     except BaseException:
         store.close()
         raise
-    node.blobs.root.mkdir(exist_ok=True)
-    node.journal.checkpoint()
     return node, True
 
 

@@ -111,19 +111,20 @@ class Accounts:
             Conflict: the name is taken.
         """
         roles = tuple(dict.fromkeys(roles))
-        problems = []
+        problems: list[tuple[str, str]] = []  # (field, message)
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("acct_"):
-            problems.append(
+            problems.append((
+                "name",
                 f"name {name!r} is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
-                "starting and ending with a letter or digit, and not starting with 'acct_'"
-            )
+                "starting and ending with a letter or digit, and not starting with 'acct_'",
+            ))
         if kind not in KINDS:
-            problems.append(f"kind {kind!r} is unknown: choose one of {', '.join(KINDS)}")
+            problems.append(("kind", f"kind {kind!r} is unknown: choose one of {', '.join(KINDS)}"))
         for role in roles:
             if role not in NODE_ROLES:
-                problems.append(f"role {role!r} is unknown: node-wide roles are {', '.join(NODE_ROLES)}")
+                problems.append(("role", f"role {role!r} is unknown: node-wide roles are {', '.join(NODE_ROLES)}"))
         if problems:
-            raise InvalidInput("; ".join(problems), field="name" if "name" in problems[0] else "role")
+            raise InvalidInput("; ".join(message for _, message in problems), field=problems[0][0])
 
         with self.store.write() as conn:
             return self.create_in(conn, name, kind=kind, roles=roles, with_key=with_key, actor=actor)

@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,20 @@ class JournalReport:
 
 def verify_journal(conn: Connection, keys: Sequence[VerifierKey], origin: str) -> JournalReport:
     """Replay the whole journal from its leaves; raise VerificationFailed at the first inconsistency."""
+    # Both streams are server-side cursors on PostgreSQL: close them however the replay ends.
+    with ExitStack() as stack:
+        events = stack.enter_context(closing(_events(conn)))
+        nodes = stack.enter_context(closing(_stored_nodes_in_creation_order(conn)))
+        return _replay(conn, keys, origin, events, nodes)
+
+
+def _replay(
+    conn: Connection,
+    keys: Sequence[VerifierKey],
+    origin: str,
+    events: Iterator[tuple[int, str, bytes, bytes]],
+    stored_nodes: Iterator[tuple[int, int, bytes]],
+) -> JournalReport:
     checkpoints = [
         (int(r.size), bytes(r.root), r.note)
         for r in conn.execute(select(journal_checkpoints).order_by(journal_checkpoints.c.size))
@@ -137,7 +152,6 @@ def verify_journal(conn: Connection, keys: Sequence[VerifierKey], origin: str) -
         heads.append(head)
 
     replay = TreeReplayer()
-    stored_nodes = _stored_nodes_in_creation_order(conn)
     pending = iter(heads)
     next_head = next(pending, None)
     if next_head is not None and next_head.size == 0:
@@ -145,7 +159,7 @@ def verify_journal(conn: Connection, keys: Sequence[VerifierKey], origin: str) -
         next_head = next(pending, None)
 
     expected = 0
-    for seq, type_, body, leaf in _events(conn):
+    for seq, type_, body, leaf in events:
         if seq != expected:
             raise VerificationFailed(f"journal event {expected} is missing (next stored event is {seq})", seq=expected)
         _check_event_body(seq, type_, body)
@@ -244,9 +258,9 @@ def _check_event_body(seq: int, type_: str, body: bytes) -> None:
 
 def _events(conn: Connection) -> Iterator[tuple[int, str, bytes, bytes]]:
     cols = (journal_events.c.seq, journal_events.c.type, journal_events.c.body, journal_events.c.leaf_hash)
-    result = conn.execute(select(*cols).order_by(journal_events.c.seq).execution_options(yield_per=_BATCH))
-    for seq, type_, body, leaf in result:
-        yield int(seq), type_, bytes(body), bytes(leaf)
+    with conn.execute(select(*cols).order_by(journal_events.c.seq).execution_options(yield_per=_BATCH)) as result:
+        for seq, type_, body, leaf in result:
+            yield int(seq), type_, bytes(body), bytes(leaf)
 
 
 def _stored_nodes_in_creation_order(conn: Connection) -> Iterator[tuple[int, int, bytes]]:
@@ -258,5 +272,6 @@ def _stored_nodes_in_creation_order(conn: Connection) -> Iterator[tuple[int, int
         .order_by(completed_by, journal_nodes.c.level)
         .execution_options(yield_per=_BATCH)
     )
-    for level, idx, digest in conn.execute(query):
-        yield int(level), int(idx), bytes(digest)
+    with conn.execute(query) as result:
+        for level, idx, digest in result:
+            yield int(level), int(idx), bytes(digest)

@@ -27,7 +27,7 @@ from ..errors import InvalidInput, NotFound, VerificationFailed
 from ..store import Store
 from ..store.schema import journal_checkpoints, journal_events, journal_head, journal_nodes
 from . import merkle
-from .audit import JournalReport, VerifierKey, verify_journal
+from .audit import JournalReport, VerifierKey, open_note, verify_journal
 from .canonical import canonical_json
 from .checkpoint import Checkpoint, Signer
 from .verify import verify_consistency
@@ -192,14 +192,25 @@ class Journal:
         with self.store.write() as conn:
             size, root = self._lock_head(conn)
             latest = self._latest_checkpoint(conn)
-            if latest is not None and latest.size == size:
-                return latest
             if latest is not None:
-                proof = merkle.consistency_proof(latest.size, size, lambda ids: _fetch_nodes(conn, ids))
-                if not verify_consistency(latest.size, size, latest.root, root, proof):
+                # Trust only what was signed: the row's size and root columns are not covered by the signature.
+                signed = open_note(latest.note, [VerifierKey.parse(self.signer.verifier_key)])
+                if (signed.size, signed.root) != (latest.size, latest.root):
                     raise VerificationFailed(
-                        f"refusing to sign: size {size} is not consistent with checkpoint {latest.size}",
-                        seq=latest.size,
+                        f"refusing to sign: the stored checkpoint at size {latest.size} disagrees with its signed note",
+                        seq=max(latest.size - 1, 0),
+                    )
+                if signed.size == size:
+                    if signed.root != root:
+                        raise VerificationFailed(
+                            f"refusing to sign: the journal's root at size {size} differs from the signed one", seq=size - 1
+                        )
+                    return latest
+                proof = merkle.consistency_proof(signed.size, size, lambda ids: _fetch_nodes(conn, ids))
+                if not verify_consistency(signed.size, size, signed.root, root, proof):
+                    raise VerificationFailed(
+                        f"refusing to sign: size {size} is not consistent with checkpoint {signed.size}",
+                        seq=signed.size,
                     )
             checkpoint = self.signer.sign_checkpoint(self.origin, size, root)
             conn.execute(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
@@ -70,6 +71,10 @@ class Store:
             if write:
                 conn = conn.execution_options(**{_WRITE_OPTION: True})
             yield conn
+        except OperationalError as exc:
+            # Locks held too long, a full disk, a dropped connection: the environment, not a bug. The
+            # transaction has been rolled back by the time this runs.
+            raise StorageError(f"database error: {_first_line(exc)}") from exc
         finally:
             conn.close()
 
@@ -84,7 +89,9 @@ def _create_engine(url: str, backend: Backend, busy_timeout_ms: int) -> Engine:
     engine = create_engine(
         url, pool_size=4, max_overflow=8, connect_args={"isolation_level": None, "check_same_thread": False}
     )
-    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    # A weak reference: the hook outlives the Store (hooks cannot be unregistered) but must not keep it alive.
+    weak = weakref.ref(engine)
+    os.register_at_fork(after_in_child=lambda: _dispose_in_child(weak))
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -104,6 +111,12 @@ def _create_engine(url: str, backend: Backend, busy_timeout_ms: int) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _dispose_in_child(weak: weakref.ref[Engine]) -> None:
+    engine = weak()
+    if engine is not None:
+        engine.dispose(close=False)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import DBAPIError
 
-from ...errors import DatabaseTooNew
+from ...errors import DatabaseTooNew, StorageError
 from ..engine import Store
 
 REVISIONS: tuple[str, ...] = ("0001",)
@@ -53,6 +54,9 @@ def _upgrade(store: Store) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
     # IMMEDIATE on SQLite: a second process opening the same new database waits instead of racing us.
-    with store.write() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, HEAD)
+    try:
+        with store.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, HEAD)
+    except DBAPIError as exc:
+        raise StorageError(f"migrating the database to revision {HEAD} failed: {str(exc.orig).strip().splitlines()[0]}") from exc

@@ -14,5 +14,5 @@ context.configure(
 with context.begin_transaction():
     if connection.dialect.name == "postgresql":
         # Two replicas starting at once must not both migrate: serialise on an advisory lock.
-        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7265616c7479)")
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(125779751761017)")  # 0x7265616c7479, "realty"
     context.run_migrations()
