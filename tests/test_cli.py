@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import typer
+from conftest import RawDB
+
+import royalty
 
 from royalty.cli import app, main
 
@@ -160,20 +162,27 @@ def test_journal_checkpoint_proof_and_offline_verification(home: Path, tmp_path:
     assert code == 1 and "no checkpoint at size 3" in err
 
 
-def test_journal_verify_names_the_tampered_event(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    h = ("--home", str(home))
+def test_journal_verify_names_the_tampered_event(
+    tmp_path: Path, database_url: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node"
+    h = ("--home", str(path))
+    code, _, err = run(capsys, "init", *h, *(("--database-url", database_url) if database_url else ()))
+    assert code == 0, err
     for name in ("alice", "bob", "carol"):
         run(capsys, "account", "create", name, *h)
     run(capsys, "journal", "checkpoint", *h)
     code, out, _ = run(capsys, "journal", "verify", *h, "--json")
     assert code == 0 and json.loads(out)["ok"] is True and json.loads(out)["size"] == 11
 
-    db = sqlite3.connect(home / "royalty.db")
-    db.execute("DROP TRIGGER journal_events_no_update")  # what an attacker with file access would do
-    body = db.execute("SELECT body FROM journal_events WHERE seq = 7").fetchone()[0]
-    db.execute("UPDATE journal_events SET body = ? WHERE seq = 7", (body.replace(b"bob", b"eve"),))
-    db.commit()
-    db.close()
+    with royalty.open_node(path) as node:
+        db = RawDB(node.store.url)
+    try:
+        db.drop_trigger("journal_events", "UPDATE")  # what an attacker with database access does first
+        body = db.one("SELECT body FROM journal_events WHERE seq = 7")
+        db.execute("UPDATE journal_events SET body = ? WHERE seq = 7", (bytes(body).replace(b"bob", b"eve"),))
+    finally:
+        db.close()
 
     code, out, err = run(capsys, "journal", "verify", *h)
     assert code == 1
