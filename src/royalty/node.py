@@ -24,6 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
 from .accounts import Accounts
+from .datanet import Datanets
 from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
@@ -81,6 +82,7 @@ class Node:
         self.blobs = BlobStore(self.home / "blobs")
         self.journal = Journal(store, signer, self.origin, clock)
         self.accounts = Accounts(store, self.journal, clock)
+        self.datanets = Datanets(store, self.journal, self.accounts, clock)
 
     @property
     def info(self) -> NodeInfo:

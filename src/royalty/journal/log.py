@@ -25,6 +25,7 @@ from sqlalchemy import Connection, TextClause, insert, select, text, update
 
 from ..errors import InvalidInput, NotFound, VerificationFailed
 from ..store import Store
+from ..store.engine import insert_rows
 from ..store.schema import journal_checkpoints, journal_events, journal_head, journal_nodes
 from . import merkle
 from .audit import JournalReport, VerifierKey, open_note, verify_journal
@@ -125,9 +126,9 @@ class Journal:
             node_rows.extend(border.append(leaf))
             event_rows.append((seq, type_, body, leaf))
             events.append(Event(seq, type_, ts, actor, data, body, leaf))
-        _insert_many(conn, "journal_events", ("seq", "type", "body", "leaf_hash"), event_rows)
+        insert_rows(conn, "journal_events", ("seq", "type", "body", "leaf_hash"), event_rows)
         if node_rows:
-            _insert_many(conn, "journal_nodes", ("level", "idx", "hash"), node_rows)
+            insert_rows(conn, "journal_nodes", ("level", "idx", "hash"), node_rows)
         conn.execute(update(journal_head).where(journal_head.c.id == 1).values(size=border.size, root=border.root()))
         self._border = border
         return events
@@ -276,14 +277,6 @@ class Journal:
     def root(self, size: int) -> bytes:
         with self.store.read() as conn:
             return merkle.root(size, lambda ids: _fetch_nodes(conn, ids))
-
-
-def _insert_many(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    """INSERT through the driver's executemany: the append hot path, where SQLAlchemy's per-row parameter
-    processing cost more than SQLite itself (profiled: 0.55 s of 1.75 s for 20,000 events)."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-    conn.exec_driver_sql(sql, rows)
 
 
 _CHUNK = 128

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
@@ -77,6 +77,17 @@ class Store:
             raise StorageError(f"database error: {_first_line(exc)}") from exc
         finally:
             conn.close()
+
+
+def insert_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT many rows through the driver's executemany. For hot paths (journal appends, imports), where
+    SQLAlchemy's per-row parameter processing cost more than SQLite itself (profiled: 0.55 s of 1.75 s for
+    20,000 journal events). ``table`` and ``columns`` are trusted identifiers from our own code."""
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+    conn.exec_driver_sql(sql, list(rows))
 
 
 def _create_engine(url: str, backend: Backend, busy_timeout_ms: int) -> Engine:

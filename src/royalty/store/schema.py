@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -104,5 +105,99 @@ api_keys = Table(
     Column("revoked_ms", BigInteger, nullable=True),
 )
 
+# --- datanets -------------------------------------------------------------------------------------------------
+datanets = Table(
+    "datanets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("slug", String(64), nullable=False, unique=True),
+    Column("title", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("licenses", Text, nullable=False),  # JSON list of SPDX ids
+    Column("policy", String(16), nullable=False),  # open | curated
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("owner_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("limits", Text, nullable=False),  # JSON object: DatanetLimits
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+)
+
+# One row per accepted-or-queued contribution. (datanet_id, id) is the key: the same content may live in two
+# datanets, never twice in one. content is the canonical record (NULL once purged: the id stays, a tombstone).
+contributions = Table(
+    "contributions",
+    metadata,
+    Column("datanet_id", String(40), ForeignKey("datanets.id"), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("ordinal", BigInteger, nullable=False),  # arrival order within the datanet; versions keep it
+    Column("contributor_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | accepted | rejected | withdrawn
+    Column("license", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("consent", Text, nullable=False),
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("size_bytes", Integer, nullable=False),
+    Column("content", LargeBinary, nullable=True),
+    Column("minhash", LargeBinary, nullable=True),  # near-duplicate signature (uint32 x num_perm)
+    Column("near_duplicate_of", String(64), nullable=True),
+    Column("near_duplicate_score", Integer, nullable=True),  # Jaccard estimate in basis points
+    Column("reason", Text, nullable=True),  # why rejected / the review note
+    Column("reviewed_by", String(40), nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+    Column("updated_seq", BigInteger, nullable=False),
+    Index("ix_contributions_order", "datanet_id", "ordinal", unique=True),
+    Index("ix_contributions_quota", "datanet_id", "contributor_id", "created_ms"),
+    Index("ix_contributions_status", "datanet_id", "status", "ordinal"),
+)
+
+datanet_versions = Table(
+    "datanet_versions",
+    metadata,
+    Column("datanet_id", String(40), ForeignKey("datanets.id"), primary_key=True),
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("stats", Text, nullable=False),  # JSON: bytes, contributors, per-contributor counts
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+)
+
+# The ordered members of a version: leaf `position` of its Merkle tree is contribution `contribution_id`.
+datanet_version_members = Table(
+    "datanet_version_members",
+    metadata,
+    Column("datanet_id", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("contribution_id", String(64), nullable=False),
+    # Members are in arrival order, so ordinal rises with position: this index is appended to in order while
+    # publishing, and finds a contribution's position from its ordinal.
+    Column("ordinal", BigInteger, nullable=False),
+    Index("ix_version_members_ordinal", "datanet_id", "version", "ordinal", unique=True),
+    sqlite_with_rowid=False,
+)
+
+# Perfect-subtree hashes of a version's tree at levels >= 8 only: lower levels are recomputed from the (at most
+# 256) member ids under them, which keeps storage at n/256 rows and a proof at one small range read.
+datanet_version_nodes = Table(
+    "datanet_version_nodes",
+    metadata,
+    Column("datanet_id", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
+)
+
 # Tables whose rows may never change or disappear (enforced by triggers in the migrations).
-APPEND_ONLY = ("journal_events", "journal_nodes", "journal_checkpoints")
+APPEND_ONLY = (
+    "journal_events",
+    "journal_nodes",
+    "journal_checkpoints",
+    "datanet_versions",
+    "datanet_version_members",
+    "datanet_version_nodes",
+)

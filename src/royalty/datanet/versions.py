@@ -1,0 +1,287 @@
+"""Datanet versions: immutable, numbered snapshots of a datanet's accepted contributions, with Merkle proofs.
+
+Version N is the list of accepted contribution ids in arrival order. Its root is the RFC 6962 Merkle root (the
+journal's tree code) over leaves ``SHA-256(0x00 || id bytes)``. Publishing journals the root
+(``datanet.published``), so a proof bundle chains: contribution id → version root (this tree) → journal event
+→ signed checkpoint. ``verify_proof`` checks all of it with nothing but the node's verifier key.
+
+Storage: the members table holds every (position, id); the tree's perfect-subtree hashes are stored from level
+8 up only (one row per 256 members). A proof recomputes the levels below 8 from the at most 256 ids of the
+leaf's block, one range read, so proofs stay fast while the tree costs n/256 rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, TextClause, insert, select, text
+
+from ..errors import Conflict, InvalidInput, NotFound, VerificationFailed
+from ..journal import merkle
+from ..journal.audit import VerifierKey, verify_proof_bundle
+from ..journal.verify import hash_leaf, verify_inclusion
+from ..store.engine import insert_rows
+from ..store.schema import contributions, datanet_version_members, datanet_versions, datanets
+
+if TYPE_CHECKING:
+    from .registry import Datanets
+
+LOW_LEVELS = 8  # levels below this are recomputed from members, not stored
+_BLOCK = 1 << LOW_LEVELS
+
+
+@dataclass(frozen=True)
+class DatanetVersion:
+    datanet_id: str
+    number: int
+    root: bytes
+    size: int
+    stats: dict[str, Any]
+    created_ms: int
+    created_seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "datanet": self.datanet_id,
+            "version": self.number,
+            "root": self.root.hex(),
+            "size": self.size,
+            "stats": self.stats,
+            "created_ms": self.created_ms,
+            "created_seq": self.created_seq,
+        }
+
+
+def publish(svc: Datanets, datanet: str, *, actor: str) -> DatanetVersion:
+    """Publish the next version of ``datanet`` (owner only). Refuses when nothing is accepted or nothing
+    changed since the latest version."""
+    dn = svc.get(datanet)
+    owner = svc._require_owner(dn, actor, "publish versions")
+    c = contributions.c
+    with svc.store.write() as conn:
+        conn.execute(select(datanets.c.id).where(datanets.c.id == dn.id).with_for_update())
+        latest = conn.execute(
+            select(datanet_versions.c.number, datanet_versions.c.root)
+            .where(datanet_versions.c.datanet_id == dn.id)
+            .order_by(datanet_versions.c.number.desc())
+            .limit(1)
+        ).one_or_none()
+        number = 1 if latest is None else int(latest.number) + 1
+        members = conn.execute(
+            select(c.id, c.ordinal, c.contributor_id, c.size_bytes)
+            .where(c.datanet_id == dn.id, c.status == "accepted")
+            .order_by(c.ordinal)
+        ).all()
+        if not members:
+            raise Conflict(f"{dn.slug} has no accepted contributions yet; nothing to publish")
+
+        tree = merkle.CompactRange()
+        nodes: list[tuple[str, int, int, int, bytes]] = []
+        by_contributor: dict[str, int] = {}
+        total_bytes = 0
+        for cid, _ordinal, contributor, size in members:
+            for level, idx, digest in tree.append(merkle.leaf_hash(bytes.fromhex(cid))):
+                if level >= LOW_LEVELS:
+                    nodes.append((dn.id, number, level, idx, digest))
+            by_contributor[contributor] = by_contributor.get(contributor, 0) + 1
+            total_bytes += int(size)
+        root = tree.root()
+        if latest is not None and bytes(latest.root) == root:
+            raise Conflict(f"nothing changed since version {latest.number} of {dn.slug}; not publishing a copy")
+        stats = {
+            "records": len(members),
+            "bytes": total_bytes,
+            "contributors": len(by_contributor),
+            "by_contributor": dict(sorted(by_contributor.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+        event = svc.journal.append(
+            conn,
+            "datanet.published",
+            {"datanet": dn.id, "slug": dn.slug, "version": number, "root": root.hex(), "size": len(members), "stats": stats},
+            actor=owner.id,
+        )
+        now = svc.clock()
+        conn.execute(
+            insert(datanet_versions).values(
+                datanet_id=dn.id,
+                number=number,
+                root=root,
+                size=len(members),
+                stats=json.dumps(stats),
+                created_ms=now,
+                created_seq=event.seq,
+            )
+        )
+        insert_rows(
+            conn,
+            "datanet_version_members",
+            ("datanet_id", "version", "position", "contribution_id", "ordinal"),
+            [(dn.id, number, position, m.id, int(m.ordinal)) for position, m in enumerate(members)],
+        )
+        insert_rows(conn, "datanet_version_nodes", ("datanet_id", "version", "level", "idx", "hash"), nodes)
+    return DatanetVersion(dn.id, number, root, len(members), stats, now, event.seq)
+
+
+def get_version(svc: Datanets, datanet: str, number: int | None = None) -> DatanetVersion:
+    """Version ``number`` of a datanet, or its latest when ``number`` is None."""
+    dn = svc.get(datanet)
+    query = select(datanet_versions).where(datanet_versions.c.datanet_id == dn.id)
+    query = query.where(datanet_versions.c.number == number) if number is not None else query.order_by(datanet_versions.c.number.desc()).limit(1)
+    with svc.store.read() as conn:
+        row = conn.execute(query).one_or_none()
+    if row is None:
+        which = f"version {number}" if number is not None else "any published version"
+        raise NotFound(f"{dn.slug} has no {which}; publish one with: royalty datanet publish {dn.slug}", field="version")
+    return _version(row)
+
+
+def list_versions(svc: Datanets, datanet: str) -> list[DatanetVersion]:
+    dn = svc.get(datanet)
+    with svc.store.read() as conn:
+        rows = conn.execute(
+            select(datanet_versions).where(datanet_versions.c.datanet_id == dn.id).order_by(datanet_versions.c.number)
+        ).all()
+    return [_version(r) for r in rows]
+
+
+def member_ids(svc: Datanets, datanet: str, number: int) -> list[str]:
+    """The contribution ids of a version, in leaf order."""
+    version = get_version(svc, datanet, number)
+    m = datanet_version_members.c
+    with svc.store.read() as conn:
+        rows = conn.execute(
+            select(m.contribution_id).where(m.datanet_id == version.datanet_id, m.version == number).order_by(m.position)
+        ).all()
+    return [r.contribution_id for r in rows]
+
+
+def proof(svc: Datanets, datanet: str, contribution_id: str, number: int | None = None) -> dict[str, Any]:
+    """A self-contained proof that ``contribution_id`` is in a version (the latest by default), chained to the
+    node's signed journal. Verify it with ``verify_proof`` (``royalty datanet verify-proof``)."""
+    version = get_version(svc, datanet, number)
+    dn = svc.get(version.datanet_id)
+    m = datanet_version_members.c
+    with svc.store.read() as conn:
+        ordinal = conn.execute(
+            select(contributions.c.ordinal).where(
+                contributions.c.datanet_id == dn.id, contributions.c.id == contribution_id
+            )
+        ).scalar_one_or_none()
+        position = None
+        if ordinal is not None:
+            position = conn.execute(
+                select(m.position).where(m.datanet_id == dn.id, m.version == version.number, m.ordinal == ordinal)
+            ).scalar_one_or_none()
+        if position is None:
+            raise NotFound(
+                f"contribution {contribution_id} is not in version {version.number} of {dn.slug}", field="contribution"
+            )
+        hashes = merkle.inclusion_proof(
+            int(position), version.size, lambda ids: _fetch(conn, dn.id, version.number, version.size, ids)
+        )
+    journal_proof = svc.journal.inclusion_proof(version.created_seq)
+    return {
+        "kind": "royalty.datanet.inclusion_proof",
+        "datanet": {"id": dn.id, "slug": dn.slug},
+        "version": version.number,
+        "contribution_id": contribution_id,
+        "position": int(position),
+        "size": version.size,
+        "root": version.root.hex(),
+        "proof": [h.hex() for h in hashes],
+        "journal": journal_proof.to_dict(),
+    }
+
+
+def verify_proof(bundle: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """Check a datanet proof bundle offline: the contribution is in the version's tree, and the version's root
+    was published in the node's journal under a checkpoint signed by one of ``keys``.
+
+    Uses only the verifier side of the journal (``journal.verify``, ``journal.audit``)."""
+    if not keys:
+        raise InvalidInput("pass the node's verifier key with --key (see `royalty info`): a proof cannot vouch for itself", field="key")
+    trusted = [VerifierKey.parse(k) for k in keys]
+    try:
+        cid = str(bundle["contribution_id"])
+        leaf = hash_leaf(bytes.fromhex(cid))
+        position, size = int(bundle["position"]), int(bundle["size"])
+        root = bytes.fromhex(bundle["root"])
+        hashes = [bytes.fromhex(h) for h in bundle["proof"]]
+        datanet_id, version = bundle["datanet"]["id"], int(bundle["version"])
+        journal_bundle = bundle["journal"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"not a datanet proof document ({type(exc).__name__}: {exc})", field="proof") from None
+    if len(bytes.fromhex(cid)) != 32 or not verify_inclusion(leaf, position, size, hashes, root):
+        raise VerificationFailed(f"contribution {cid} is not in the tree with root {root.hex()}")
+    head = verify_proof_bundle(journal_bundle, trusted)
+    try:
+        event = json.loads(journal_bundle["event"])
+        data = event["data"]
+        published = (event["type"], data["datanet"], data["version"], data["root"], data["size"])
+    except (ValueError, KeyError, TypeError):
+        raise VerificationFailed("the journal event in the proof is not a datanet.published event") from None
+    if published != ("datanet.published", datanet_id, version, root.hex(), size):
+        raise VerificationFailed(
+            f"the journal event does not publish version {version} of {datanet_id} with this root and size"
+        )
+    return {
+        "ok": True,
+        "contribution_id": cid,
+        "datanet": bundle["datanet"],
+        "version": version,
+        "root": root.hex(),
+        "journal_seq": int(journal_bundle["seq"]),
+        "checkpoint_size": head.size,
+        "origin": head.origin,
+    }
+
+
+# --- tree node lookup for proofs ------------------------------------------------------------------------------
+
+
+def _fetch(conn: Connection, datanet_id: str, version: int, size: int, ids: Sequence[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+    out: dict[merkle.NodeId, bytes] = {}
+    high = [(level, idx) for level, idx in ids if level >= LOW_LEVELS]
+    if high:
+        params: dict[str, Any] = {"d": datanet_id, "v": version}
+        for i, (level, idx) in enumerate(high):
+            params[f"l{i}"], params[f"i{i}"] = level, idx
+        for level, idx, digest in conn.execute(_node_query(len(high)), params):
+            out[(int(level), int(idx))] = bytes(digest)
+    blocks: dict[int, list[merkle.NodeId]] = {}
+    for level, idx in ids:
+        if level < LOW_LEVELS:
+            blocks.setdefault((idx << level) >> LOW_LEVELS, []).append((level, idx))
+    m = datanet_version_members.c
+    for block, wanted in blocks.items():
+        start = block * _BLOCK
+        rows = conn.execute(
+            select(m.contribution_id)
+            .where(m.datanet_id == datanet_id, m.version == version, m.position >= start, m.position < min(start + _BLOCK, size))
+            .order_by(m.position)
+        ).all()
+        local = merkle.MemoryTree(bytes.fromhex(r.contribution_id) for r in rows)
+        for level, idx in wanted:
+            local_id = (level, idx - (block << (LOW_LEVELS - level)))
+            out[(level, idx)] = local.fetch([local_id])[local_id]
+    missing = [i for i in ids if i not in out]
+    if missing:
+        raise VerificationFailed(f"version {version} of {datanet_id} is missing tree node {missing[0]}")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _node_query(count: int) -> TextClause:
+    terms = " OR ".join(f"(level = :l{i} AND idx = :i{i})" for i in range(count))
+    return text(f"SELECT level, idx, hash FROM datanet_version_nodes WHERE datanet_id = :d AND version = :v AND ({terms})")
+
+
+def _version(row: Any) -> DatanetVersion:
+    return DatanetVersion(
+        row.datanet_id, int(row.number), bytes(row.root), int(row.size), json.loads(row.stats), int(row.created_ms), int(row.created_seq)
+    )
+
