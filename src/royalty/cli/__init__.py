@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import RoyaltyError
-from . import account, journal, node
+from . import account, datanet, journal, node, serve
 
 app = typer.Typer(
     name="royalty",
@@ -26,6 +26,8 @@ app = typer.Typer(
 node.register(app)
 app.add_typer(account.app, name="account")
 app.add_typer(journal.app, name="journal")
+app.add_typer(datanet.app, name="datanet")
+serve.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
