@@ -286,8 +286,10 @@ def test_demo_tells_the_story_and_verifies(tmp_path: Path) -> None:
     result = run_process("demo")
     assert result.returncode == 0, result.stderr
     assert "— royalty.local/node_" in result.stdout  # the signed checkpoint note is printed
-    assert "verified: 11 events, 2 signed checkpoint(s)" in result.stdout
-    assert "is in the signed tree of size" in result.stdout
+    assert "verified: 21 events, 2 signed checkpoint(s)" in result.stdout
+    assert "line 4: missing field 'response'" in result.stdout  # the bad line is reported, the rest kept
+    assert "version 1: 4 contributions" in result.stdout
+    assert "verified: in version 1 of first-aid-qa" in result.stdout
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
