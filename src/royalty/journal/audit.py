@@ -211,6 +211,8 @@ def verify_proof_bundle(bundle: dict[str, Any], keys: Sequence[VerifierKey]) -> 
         seq = int(bundle["seq"])
         proof = [bytes.fromhex(h) for h in bundle["proof"]]
         note = bundle["checkpoint"]
+        if not isinstance(note, str) or not isinstance(bundle["event"], str) or type(bundle["seq"]) is not int:
+            raise TypeError("event and checkpoint must be text, seq an integer")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInput(f"not a journal proof document: {exc}", field="proof") from None
     head = open_note(note, keys)
