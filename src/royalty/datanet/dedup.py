@@ -76,22 +76,20 @@ def from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
+LSH_RECALL = 0.99  # chance that a pair exactly at the threshold becomes a candidate
+
+
 def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows per band) that minimise the weighted false-negative and false-positive probability mass
-    around ``threshold`` (the same criterion as datasketch's MinHashLSH). Misses weigh more: every candidate
-    is re-checked exactly, so a false positive only costs one comparison."""
-    s = np.linspace(0.0, 1.0, 1001)
-    best: tuple[float, int, int] | None = None
-    for bands in range(1, num_perm + 1):
-        rows = num_perm // bands
-        hit = 1.0 - (1.0 - s**rows) ** bands  # P(candidate | similarity s)
-        fp = np.trapezoid(np.where(s < threshold, hit, 0.0), s)
-        fn = np.trapezoid(np.where(s >= threshold, 1.0 - hit, 0.0), s)
-        cost = 0.25 * fp + 0.75 * fn
-        if best is None or cost < best[0]:
-            best = (cost, bands, rows)
-    assert best is not None
-    return best[1], best[2]
+    """(bands, rows per band): the longest bands (fewest false candidates) with which a pair whose similarity is
+    exactly ``threshold`` still becomes a candidate with probability >= LSH_RECALL (higher similarities more
+    often). Misses are what matter: every candidate is re-checked against the threshold with the two
+    signatures, so a false candidate only costs one comparison. (Minimising datasketch's weighted
+    false-positive/false-negative area instead found only 63% of pairs at 0.8 and 87% at 0.85.)"""
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1.0 - (1.0 - threshold**rows) ** bands >= LSH_RECALL:
+            return bands, rows
+    return num_perm, 1  # a very low threshold: every value its own band, as many candidates as it gets
 
 
 class NearDuplicateIndex:

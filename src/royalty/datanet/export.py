@@ -43,7 +43,11 @@ def rows(svc: Datanets, datanet: str, version: int) -> Iterator[dict[str, Any]]:
     )
     with svc.store.read() as conn, conn.execute(query) as result:
         for r in result:
-            record = json.loads(bytes(r.content)) if r.content is not None else {f: None for f in RECORD_FIELDS[dn.kind]}
+            # Every row has every field of the kind (None where absent, e.g. an instruction without a system
+            # prompt, or a purged record), so all rows share one set of columns.
+            record = dict.fromkeys(RECORD_FIELDS[dn.kind])
+            if r.content is not None:
+                record.update(json.loads(bytes(r.content)))
             yield {
                 **record,
                 "contribution_id": r.contribution_id,
@@ -71,7 +75,10 @@ def export(svc: Datanets, datanet: str, version: int, fmt: str, out: BinaryIO) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(list(rows(svc, datanet, version)))
+    # An explicit schema: inferring one from the rows would type an all-empty column as null (tags) and could
+    # not be relied on to keep a field that the first rows lack.
+    kind = svc.get(datanet).kind
+    table = pa.Table.from_pylist(list(rows(svc, datanet, version)), schema=_schema(kind))
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     out.write(buffer.getvalue())
@@ -83,3 +90,29 @@ def dataset(svc: Datanets, datanet: str, version: int) -> datasets.Dataset:
     import datasets
 
     return datasets.Dataset.from_list(list(rows(svc, datanet, version)))
+
+
+def _schema(kind: str) -> Any:
+    import pyarrow as pa
+
+    record_types = {
+        "text": pa.string(),
+        "prompt": pa.string(),
+        "response": pa.string(),
+        "system": pa.string(),
+        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+    }
+    return pa.schema(
+        [(name, record_types[name]) for name in RECORD_FIELDS[kind]]
+        + [
+            ("contribution_id", pa.string()),
+            ("position", pa.int64()),
+            ("contributor", pa.string()),
+            ("contributor_name", pa.string()),
+            ("license", pa.string()),
+            ("source", pa.string()),
+            ("consent", pa.string()),
+            ("tags", pa.list_(pa.string())),
+            ("purged", pa.bool_()),
+        ]
+    )

@@ -78,7 +78,10 @@ def _jsonl(data: bytes) -> Iterator[Row]:
         try:
             value = json.loads(text)
         except ValueError as exc:
-            yield Row(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})")
+            yield Row(number, error=f"not valid JSON ({getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')})")
+            continue
+        except RecursionError:
+            yield Row(number, error="not valid JSON (nested too deeply)")
             continue
         if not isinstance(value, dict):
             yield Row(number, error=f"expected a JSON object, got {type(value).__name__}")
@@ -89,6 +92,8 @@ def _jsonl(data: bytes) -> Iterator[Row]:
 def _csv(data: bytes, name: str) -> Iterator[Row]:
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad cell costs one row, not the file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    # The csv module refuses fields over 128 KiB by default; records are bounded by max_record_bytes instead.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -121,7 +126,7 @@ def _csv(data: bytes, name: str) -> Iterator[Row]:
             if key == "messages" or key == "tags" and cell.lstrip().startswith("["):
                 try:
                     row[key] = json.loads(cell)
-                except ValueError:
+                except (ValueError, RecursionError):
                     yield Row(line, error=f"column {key!r} must hold JSON", error_field=key)
                     break
             elif cell != "":

@@ -12,7 +12,8 @@ Record schemas per datanet kind:
     chat         {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}  (>= 1 assistant turn)
 
 Rows in files may also carry the metadata fields ``license``, ``source``, ``consent`` and ``tags``, which
-override the defaults given for the whole file.
+override the defaults given for the whole file, and the lineage fields of an export (``EXPORT_FIELDS``), which
+are ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     "chat": ("messages",),
 }
 METADATA_FIELDS: tuple[str, ...] = ("license", "source", "consent", "tags")
+# Lineage columns that ``export`` adds to every row. They describe where the row came from, not the record, so a
+# contribution file made by exporting a version is accepted as is: these fields are ignored (ids are recomputed
+# from the content, and the new contributor is whoever contributes the file).
+EXPORT_FIELDS: tuple[str, ...] = ("contribution_id", "position", "contributor", "contributor_name", "purged")
 # SPDX license identifiers (https://spdx.org/licenses/) and LicenseRef-* for custom licenses.
 _SPDX = re.compile(r"(?:LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.+-]{0,62}")
 _TAG = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
@@ -79,6 +84,8 @@ def split_row(kind: str, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
             record[key] = value
         elif key in METADATA_FIELDS:
             meta[key] = value
+        elif key in EXPORT_FIELDS:
+            continue
         else:
             raise RecordError(
                 f"unknown field {key!r}: a {kind} record has {', '.join(allowed)}; "
@@ -204,6 +211,8 @@ def _meta_text(value: Any, name: str) -> str:
         raise RecordError(f"{name} must be a string", field=name)
     if len(value) > MAX_METADATA_CHARS:
         raise RecordError(f"{name} is longer than {MAX_METADATA_CHARS} characters", field=name)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it everywhere so both backends agree
+        raise RecordError(f"{name} contains a NUL character", field=name)
     return value.strip()
 
 

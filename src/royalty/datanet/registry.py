@@ -213,6 +213,7 @@ class Datanets:
         self.accounts = accounts_
         self.clock = clock
         self._indexes: dict[str, dedup.NearDuplicateIndex] = {}
+        self._journal_proofs: dict[tuple[int, int], dict[str, Any]] = {}  # see versions._journal_proof
 
     # --- create and roles --------------------------------------------------------------------------------------
 
@@ -243,6 +244,9 @@ class Datanets:
         problems += [("license", p) for p in check_license_list(licenses)]
         if len(description) > 20_000:
             problems.append(("description", "description is longer than 20,000 characters"))
+        for name, value in (("title", title), ("description", description)):
+            if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+                problems.append((name, f"{name} contains a NUL character"))
         try:
             tag_list = parse_tags(tags)
         except RecordError as exc:
@@ -468,6 +472,7 @@ class Datanets:
             raise PermissionDenied(f"{who.name} is a system account and cannot contribute", field="contributor")
         report = ContributionReport(datanet=dn.slug)
         seen: dict[str, int] = {}  # id -> first line in this call
+        provenances: dict[Any, Provenance | RecordError] = {}
         batch: list[_Candidate] = []
         for row in rows:
             report.rows += 1
@@ -479,12 +484,27 @@ class Datanets:
             try:
                 fields, meta = split_row(dn.kind, row.fields)
                 record = make_record(dn.kind, fields)
-                provenance = make_provenance(meta, defaults, dn.licenses)
             except RecordError as exc:
                 report.reject(row.line, exc.message, exc.field)
                 continue
             except InvalidInput as exc:  # from canonical JSON: e.g. a number where text was expected
                 report.reject(row.line, exc.message, exc.field)
+                continue
+            # Rows of one file mostly carry the same metadata (often none): validate each distinct set once.
+            try:
+                key: Any = frozenset((k, type(v), v) for k, v in meta.items())
+            except TypeError:  # a list value (tags): not hashable, not cached
+                key = None
+            provenance = provenances.get(key) if key is not None else None
+            if provenance is None:
+                try:
+                    provenance = make_provenance(meta, defaults, dn.licenses)
+                except RecordError as exc:
+                    provenance = exc
+                if key is not None:
+                    provenances[key] = provenance
+            if isinstance(provenance, RecordError):
+                report.reject(row.line, provenance.message, provenance.field)
                 continue
             if len(record.content) > dn.limits.max_record_bytes:
                 report.reject(
@@ -527,6 +547,13 @@ class Datanets:
                 status = "accepted" if dn.policy == "open" else "pending"
                 rows: list[list[Any]] = []
                 events: list[tuple[str, dict[str, Any], str | None]] = []
+                tag_cache: dict[tuple[str, ...], str] = {}
+
+                def tags_json(tags: tuple[str, ...]) -> str:
+                    if tags not in tag_cache:
+                        tag_cache[tags] = json.dumps(list(tags))
+                    return tag_cache[tags]
+
                 for cand, sig in zip(batch, sigs):
                     first = existing.get(cand.id)
                     if first is not None:
@@ -568,7 +595,7 @@ class Datanets:
                     rows.append(
                         [
                             dn.id, cand.id, ordinal, who.id, status, cand.provenance.license, cand.provenance.source,
-                            cand.provenance.consent, json.dumps(list(cand.provenance.tags)), len(cand.content),
+                            cand.provenance.consent, tags_json(cand.provenance.tags), len(cand.content),
                             cand.content, None if sig is None else dedup.to_bytes(sig),
                             near[0] if near else None, near[1] if near else None, now,
                         ]
@@ -643,6 +670,8 @@ class Datanets:
         reviewer = self._require_curator(dn, actor, "review contributions")
         if not accept and not reject:
             raise InvalidInput("nothing to review: pass contribution ids to accept or reject", field="accept")
+        if reason and "\x00" in reason:
+            raise InvalidInput("reason contains a NUL character", field="reason")
         if reject and not (reason and reason.strip()):
             raise InvalidInput("rejecting needs a reason (--reason) that the contributor will see", field="reason")
         both = set(accept) & set(reject)
