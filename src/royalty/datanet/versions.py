@@ -29,7 +29,7 @@ from ..journal import merkle
 from ..journal.audit import VerifierKey, verify_proof_bundle
 from ..journal.verify import hash_leaf, verify_inclusion
 from ..store.engine import insert_rows
-from ..store.schema import contributions, datanet_version_members, datanet_versions, datanets, journal_checkpoints
+from ..store.schema import contributions, datanet_version_blocks, datanet_version_members, datanet_versions, datanets, journal_checkpoints
 
 if TYPE_CHECKING:
     from .registry import Datanets
@@ -129,8 +129,14 @@ def publish(svc: Datanets, datanet: str, *, actor: str) -> DatanetVersion:
         insert_rows(
             conn,
             "datanet_version_members",
-            ("datanet_id", "version", "position", "contribution_id", "ordinal"),
-            list(zip(repeat(dn.id), repeat(number), range(len(ids)), ids, (int(m[1]) for m in members))),
+            ("datanet_id", "version", "position", "contribution_id"),
+            list(zip(repeat(dn.id), repeat(number), range(len(ids)), ids)),
+        )
+        insert_rows(
+            conn,
+            "datanet_version_blocks",
+            ("datanet_id", "version", "block", "first_ordinal"),
+            [(dn.id, number, start // _BLOCK, int(members[start][1])) for start in range(0, len(members), _BLOCK)],
         )
         insert_rows(conn, "datanet_version_nodes", ("datanet_id", "version", "level", "idx", "hash"), nodes)
     return DatanetVersion(dn.id, number, root, len(members), stats, now, event.seq)
@@ -192,15 +198,31 @@ def proof(svc: Datanets, datanet: str, contribution_id: str, number: int | None 
     with svc.store.read() as conn:
         dn = svc.get_in(conn, datanet)
         version = _version_in(conn, dn.id, dn.slug, number)
-        # Two point lookups (id -> ordinal -> position); as one join, PostgreSQL's planner scanned the members.
+        # id -> ordinal (contributions) -> block (the last block starting at or before it) -> position (a scan
+        # of that block's <= 256 members). Separate point queries: as one join, PostgreSQL scanned the members.
         ordinal = conn.execute(
             select(c.ordinal).where(c.datanet_id == dn.id, c.id == contribution_id)
         ).scalar_one_or_none()
         position = None
         if ordinal is not None:
-            position = conn.execute(
-                select(m.position).where(m.datanet_id == dn.id, m.version == version.number, m.ordinal == ordinal)
+            b = datanet_version_blocks.c
+            block = conn.execute(
+                select(b.block)
+                .where(b.datanet_id == dn.id, b.version == version.number, b.first_ordinal <= ordinal)
+                .order_by(b.first_ordinal.desc())
+                .limit(1)
             ).scalar_one_or_none()
+            if block is not None:
+                start = int(block) * _BLOCK
+                position = conn.execute(
+                    select(m.position).where(
+                        m.datanet_id == dn.id,
+                        m.version == version.number,
+                        m.position >= start,
+                        m.position < start + _BLOCK,
+                        m.contribution_id == contribution_id,
+                    )
+                ).scalar_one_or_none()
         if position is None:
             raise NotFound(
                 f"contribution {contribution_id} is not in version {version.number} of {dn.slug}", field="contribution"

@@ -12,7 +12,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-APPEND_ONLY = ("datanet_versions", "datanet_version_members", "datanet_version_nodes")
+APPEND_ONLY = ("datanet_versions", "datanet_version_members", "datanet_version_blocks", "datanet_version_nodes")
 
 
 def upgrade() -> None:
@@ -72,11 +72,18 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("contribution_id", sa.String(64), nullable=False),
-        sa.Column("ordinal", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
+        "datanet_version_blocks",
+        sa.Column("datanet_id", sa.String(40), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("block", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("first_ordinal", sa.BigInteger, nullable=False),
         sqlite_with_rowid=False,
     )
     op.create_index(
-        "ix_version_members_ordinal", "datanet_version_members", ["datanet_id", "version", "ordinal"], unique=True
+        "ix_version_blocks_ordinal", "datanet_version_blocks", ["datanet_id", "version", "first_ordinal"], unique=True
     )
     op.create_table(
         "datanet_version_nodes",
