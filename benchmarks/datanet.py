@@ -31,7 +31,6 @@ import platform
 import random
 import re
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from royalty.datanet import versions as dn_versions
 from royalty.journal import merkle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from journal import write_section  # noqa: E402
+from report import results_table, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -203,8 +202,7 @@ def main() -> int:
         (f"Publish a version of {members:,}", f"{publish_s:.2f} s", f"CompactRange in memory {memory_root_s:.2f} s", f"{publish_s / memory_root_s:.1f}x", "<= 10 s", publish_s <= 10),
         (f"Inclusion proof bundle at {members:,}", f"{proof_ms:.2f} ms", f"in-memory tree {memory_ms:.3f} ms", f"{proof_ms / memory_ms:.0f}x", "<= 5 ms", proof_ms <= 5),
     ]
-    table = ["| Measure | royalty | Baseline (same run) | Ratio | Target | Met |", "|---|---|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
+    table = results_table(rows)
     section = "\n".join(
         [
             "<!-- datanet:begin -->",

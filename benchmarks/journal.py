@@ -34,6 +34,8 @@ import royalty
 from royalty.journal import merkle
 from royalty.journal.log import _fetch_nodes
 
+from report import results_table, write_section  # noqa: E402  (benchmarks/ is on sys.path when run)
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1_000
 
@@ -156,8 +158,7 @@ def main() -> int:
         (f"Inclusion proof at {size:,} leaves", f"{proof_ms:.3f} ms", f"in-memory tree {memory_ms:.3f} ms", f"{proof_ms / memory_ms:.1f}x", "<= 1 ms", proof_ms <= 1.0),
         (f"`journal verify` of {size:,} events", f"{verify_s:.1f} s", f"read + hash only {read_s:.1f} s", f"{verify_s / read_s:.1f}x", "<= 60 s", verify_s <= 60),
     ]
-    table = ["| Measure | royalty | Baseline (same run) | Ratio | Target | Met |", "|---|---|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} | {e} | {'yes' if ok else 'NO'} |" for a, b, c, d, e, ok in rows]
+    table = results_table(rows)
     section = "\n".join(
         [
             "<!-- journal:begin -->",
@@ -179,17 +180,6 @@ def main() -> int:
     if not args.no_write:
         write_section(ROOT / "docs" / "BENCHMARKS.md", "journal", section)
     return 0 if all(ok for *_, ok in rows) else 1
-
-
-def write_section(path: Path, name: str, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

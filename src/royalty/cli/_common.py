@@ -8,6 +8,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
+from ..errors import InvalidInput
 from ..node import Node, open_node
 
 HomeOption = Annotated[
@@ -36,3 +37,35 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, or one clear InvalidInput naming the path and what is wrong."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file", field="file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: is a directory, not a file", field="file") from None
+    except PermissionError:
+        raise InvalidInput(f"{path}: cannot read the file (permission denied)", field="file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the file ({exc.strerror or type(exc).__name__})", field="file") from None
+
+
+def read_json_document(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path`` ('-' = stdin), e.g. a saved proof; clear errors for every way it can fail."""
+    if str(path) == "-":
+        text = typer.get_text_stream("stdin").read()
+    else:
+        try:
+            text = read_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path}: not a text file (not valid UTF-8)", field="file") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{path}: not JSON ({exc})", field="file") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{path}: not {what}", field="file")
+    return document

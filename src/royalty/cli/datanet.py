@@ -19,7 +19,7 @@ from ..datanet.records import KINDS
 from ..datanet.registry import POLICIES, STATUSES
 from ..errors import InvalidInput, NotFound
 from ..node import Node
-from ._common import HomeOption, JsonOption, emit, node_at, table
+from ._common import HomeOption, JsonOption, emit, node_at, read_bytes, read_json_document, table
 
 app = typer.Typer(help="Datanets: attributed data collections with provenance, curation, versions and proofs.", no_args_is_help=True)
 
@@ -191,7 +191,7 @@ def contribute(
 
     Re-running the same file changes nothing. Exits 1 (after the report) when any row was rejected.
     """
-    data = _read_bytes(file)
+    data = read_bytes(file)
     with node_at(home) as node, _progress_bar(len(data), data.count(b"\n") + 1) as progress:
         report = node.datanets.contribute_file(
             slug,
@@ -230,19 +230,6 @@ def _report_text(report: dict[str, Any]) -> str:
         else:
             lines.append(f"nothing new was added to {slug}")
     return "\n".join(lines)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file", field="file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{path}: is a directory, not a file", field="file") from None
-    except PermissionError:
-        raise InvalidInput(f"{path}: cannot read the file (permission denied)", field="file") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read the file ({exc.strerror or type(exc).__name__})", field="file") from None
 
 
 @contextmanager
@@ -434,13 +421,7 @@ def verify_proof(
     if not key:
         # A proof cannot vouch for itself: the trusted key must come from elsewhere.
         raise InvalidInput("pass the node's verifier key with --key (see `royalty info`)", field="key")
-    text = typer.get_text_stream("stdin").read() if str(file) == "-" else _read_text(file)
-    try:
-        bundle = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{file}: not JSON ({exc})", field="file") from None
-    if not isinstance(bundle, dict):
-        raise InvalidInput(f"{file}: not a datanet proof document", field="file")
+    bundle = read_json_document(file, "a datanet proof document")
     result = verify_datanet_proof(bundle, key)
     emit(
         as_json,
@@ -450,14 +431,6 @@ def verify_proof(
         f"published in journal event #{result['journal_seq']} of {result['origin']}'s signed tree of size "
         f"{result['checkpoint_size']}",
     )
-
-
-def _read_text(path: Path) -> str:
-    data = _read_bytes(path)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not a text file (not valid UTF-8)", field="file") from None
 
 
 @app.command("export")

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import InvalidInput
 from ..journal.audit import VerifierKey, verify_proof_bundle
-from ._common import HomeOption, JsonOption, emit, node_at, table
+from ._common import HomeOption, JsonOption, emit, node_at, read_json_document, table
 
 app = typer.Typer(help="The journal: every state change, in a signed Merkle log anyone can verify.", no_args_is_help=True)
 
@@ -120,25 +120,10 @@ def verify_proof(
         # A proof cannot vouch for itself: the trusted key must come from elsewhere.
         raise InvalidInput("pass the node's verifier key with --key (see `royalty info`)", field="key")
     keys = [VerifierKey.parse(k) for k in key]
-    text = typer.get_text_stream("stdin").read() if str(file) == "-" else _read(file)
-    try:
-        bundle = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{file}: not JSON ({exc})", field="file") from None
-    if not isinstance(bundle, dict):
-        raise InvalidInput(f"{file}: not a journal proof document", field="file")
+    bundle = read_json_document(file, "a journal proof document")
     head = verify_proof_bundle(bundle, keys)
     emit(
         as_json,
         {"ok": True, "seq": bundle["seq"], "tree_size": head.size, "root": head.root.hex(), "origin": head.origin},
         f"ok: event #{bundle['seq']} is in {head.origin}'s signed tree of size {head.size}",
     )
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such file", field="file") from None
-    except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise InvalidInput(f"{path}: not a text file ({type(exc).__name__})", field="file") from None

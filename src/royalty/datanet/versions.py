@@ -65,7 +65,6 @@ def publish(svc: Datanets, datanet: str, *, actor: str) -> DatanetVersion:
     changed since the latest version."""
     dn = svc.get(datanet)
     owner = svc._require_owner(dn, actor, "publish versions")
-    c = contributions.c
     with svc.store.write() as conn:
         conn.execute(select(datanets.c.id).where(datanets.c.id == dn.id).with_for_update())
         latest = conn.execute(

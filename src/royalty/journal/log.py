@@ -26,7 +26,7 @@ from sqlalchemy import Connection, TextClause, insert, select, text, update
 from ..errors import InvalidInput, NotFound, VerificationFailed
 from ..store import Store
 from ..store.engine import insert_rows
-from ..store.schema import journal_checkpoints, journal_events, journal_head, journal_nodes
+from ..store.schema import journal_checkpoints, journal_events, journal_head
 from . import merkle
 from .audit import JournalReport, VerifierKey, open_note, verify_journal
 from .canonical import canonical_json
