@@ -30,6 +30,10 @@ from .errors import error_response, validation_response
 router = APIRouter(prefix="/v1/datanets", tags=["datanets"])
 
 MAX_PAGE = 1000
+# The most one request may carry, whatever a datanet's max_file_bytes says (its owner chooses that, up to any
+# size): a request body is held in memory, so without this any account could make the server read without end.
+# Larger files go through the CLI on the node itself.
+MAX_UPLOAD_BYTES = 100 * 2**20
 # Room in an upload's body for the multipart framing and the form fields, beyond the file itself.
 FORM_OVERHEAD = 64 * 1024
 FORM_FIELDS = ("license", "source", "consent", "tags")
@@ -164,6 +168,8 @@ def _capped(request: Request, cap: int, what: str, field: str) -> Request:
 
 
 def _limit_text(max_file_bytes: int) -> str:
+    if max_file_bytes > MAX_UPLOAD_BYTES:
+        return f"this server accepts uploads up to {MAX_UPLOAD_BYTES:,} bytes; contribute larger files with the CLI"
     return f"this datanet accepts files up to {max_file_bytes:,} bytes (max_file_bytes)"
 
 
@@ -179,13 +185,15 @@ _CONTRIBUTE_SCHEMA = {
 )
 async def contribute(slug: Slug, request: Request, node: NodeDep, caller: CallerDep) -> Any:
     dn = await run_in_threadpool(node.datanets.get, slug)
-    cap = dn.limits.max_file_bytes
-    raw = await _capped(request, cap, _limit_text(cap), "records").body()
+    cap = min(dn.limits.max_file_bytes, MAX_UPLOAD_BYTES)
+    raw = await _capped(request, cap, _limit_text(dn.limits.max_file_bytes), "records").body()
     try:
         data = json.loads(raw)
     except ValueError as exc:
         detail = f" ({exc.msg} at line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         return error_response(400, "bad_request", f"the request body is not valid JSON{detail}", "body")
+    except RecursionError:
+        return error_response(400, "bad_request", "the request body is not valid JSON (nested too deeply)", "body")
     try:
         body = ContributeRecords.model_validate(data)
     except ValidationError as exc:
@@ -232,9 +240,9 @@ _UPLOAD_SCHEMA = {
 )
 async def upload(slug: Slug, request: Request, node: NodeDep, caller: CallerDep) -> Any:
     dn = await run_in_threadpool(node.datanets.get, slug)
-    cap = dn.limits.max_file_bytes
+    cap = min(dn.limits.max_file_bytes, MAX_UPLOAD_BYTES)
     # The body may exceed the file by the multipart framing; the library checks the file's exact size.
-    capped = _capped(request, cap + FORM_OVERHEAD, _limit_text(cap), "file")
+    capped = _capped(request, cap + FORM_OVERHEAD, _limit_text(dn.limits.max_file_bytes), "file")
     form = await capped.form(max_files=1, max_fields=len(FORM_FIELDS) + 1, max_part_size=64 * 1024)
     try:
         upload = form.get("file")

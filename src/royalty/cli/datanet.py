@@ -17,7 +17,7 @@ from ..datanet import DatanetLimits, verify_proof as verify_datanet_proof
 from ..datanet.export import EXPORT_FORMATS
 from ..datanet.records import KINDS
 from ..datanet.registry import POLICIES, STATUSES
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..node import Node
 from ._common import HomeOption, JsonOption, emit, node_at, read_bytes, read_json_document, table
 
@@ -191,19 +191,30 @@ def contribute(
 
     Re-running the same file changes nothing. Exits 1 (after the report) when any row was rejected.
     """
-    data = read_bytes(file)
-    with node_at(home) as node, _progress_bar(len(data), data.count(b"\n") + 1) as progress:
-        report = node.datanets.contribute_file(
-            slug,
-            data,
-            file.name,
-            contributor=as_,
-            license=license_,
-            source=source,
-            consent=consent,
-            tags=tags,
-            progress=progress,
-        ).to_dict()
+    with node_at(home) as node:
+        limit = node.datanets.get(slug).limits.max_file_bytes
+        try:
+            size = file.stat().st_size if file.is_file() else None
+        except OSError:
+            size = None  # read_bytes below names the problem
+        if size is not None and size > limit:  # refuse before reading it all into memory
+            raise PayloadTooLarge(
+                f"{file.name} is {size:,} bytes; this datanet accepts files up to {limit:,} bytes (max_file_bytes)",
+                field="file",
+            )
+        data = read_bytes(file)
+        with _progress_bar(len(data), data.count(b"\n") + 1) as progress:
+            report = node.datanets.contribute_file(
+                slug,
+                data,
+                file.name,
+                contributor=as_,
+                license=license_,
+                source=source,
+                consent=consent,
+                tags=tags,
+                progress=progress,
+            ).to_dict()
     emit(as_json, report, lambda: typer.echo(_report_text(report)))
     rejected = report["counts"]["rejected"]
     if rejected:

@@ -63,6 +63,13 @@ def signatures(texts: Sequence[str]) -> list[np.ndarray]:
     return [signature(t) for t in texts]
 
 
+def has_words(text: str) -> bool:
+    """Whether ``text`` has any word to shingle. Texts without (emoji, punctuation) all get the same one fixed
+    shingle, so their signatures say nothing: comparing them would make every such text a 100% near-duplicate
+    of every other. They are left to the exact-duplicate check."""
+    return _WORD.search(unicodedata.normalize("NFKC", text)) is not None
+
+
 def similarity(a: np.ndarray, b: np.ndarray) -> int:
     """Estimated Jaccard similarity in basis points (0..10000)."""
     return int(np.count_nonzero(a == b) * 10_000 // len(a))
@@ -116,14 +123,21 @@ class NearDuplicateIndex:
 
     def best_match(self, sig: np.ndarray, exclude: str | None = None) -> tuple[str, int] | None:
         """The most similar indexed key at or above the threshold, with its similarity in basis points."""
+        found = self.matches(sig, exclude)
+        return found[0] if found else None
+
+    def matches(self, sig: np.ndarray, exclude: str | None = None) -> list[tuple[str, int]]:
+        """Every indexed key at or above the threshold with its similarity, most similar first (ties: the
+        greater key first, as ``best_match``)."""
         candidates: set[str] = set()
         for band, table in enumerate(self._tables):
             candidates.update(table.get(sig[band * self.rows : (band + 1) * self.rows].tobytes(), ()))
-        best: tuple[str, int] | None = None
+        found = []
         for key in candidates:
             if key == exclude:
                 continue
             score = similarity(sig, self._signatures[key])
-            if score >= self.threshold_bp and (best is None or (score, key) > (best[1], best[0])):
-                best = (key, score)
-        return best
+            if score >= self.threshold_bp:
+                found.append((key, score))
+        found.sort(key=lambda m: (m[1], m[0]), reverse=True)
+        return found

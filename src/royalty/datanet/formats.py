@@ -55,6 +55,9 @@ def read_rows(data: bytes, name: str, kind: str) -> Iterator[Row]:
         raise InvalidInput(f"{name}: the file is empty", field="file")
     if fmt != "parquet" and b"\x00" in data[:65536]:
         raise InvalidInput(f"{name}: this looks like a binary file (it contains NUL bytes), not {fmt} text", field="file")
+    if fmt in ("jsonl", "text", "markdown") and data.startswith(b"\xef\xbb\xbf"):
+        # A UTF-8 byte order mark (Windows editors write one) is not part of the first record (CSV strips it too).
+        data = data[3:]
     if fmt in ("text", "markdown") and kind != "text":
         raise InvalidInput(f"{name}: plain text files can only be contributed to 'text' datanets, this one is '{kind}'", field="file")
     if fmt == "jsonl":
@@ -143,7 +146,14 @@ def _parquet(data: bytes, name: str) -> Iterator[Row]:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"{name}: not a readable Parquet file ({str(exc).splitlines()[0]})", field="file") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
+    try:
+        rows = table.to_pylist()
+    except (pa.ArrowException, ValueError, OverflowError) as exc:  # e.g. a date or timestamp beyond Python's range
+        raise InvalidInput(
+            f"{name}: a column holds values that cannot be read ({str(exc).splitlines()[0]}); records need text columns",
+            field="file",
+        ) from None
+    for number, row in enumerate(rows, start=1):
         yield Row(number, {k: v for k, v in row.items() if v is not None})
 
 

@@ -197,7 +197,9 @@ def parse_tags(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise RecordError("tags must be a list or a comma-separated string", field="tags")
-    tags = tuple(dict.fromkeys(str(t).strip().lower() for t in items if str(t).strip()))
+    if not all(isinstance(t, str) for t in items):  # str() would turn null into the tag "none", 1 into "1"
+        raise RecordError("tags must be strings (a list of strings or a comma-separated string)", field="tags")
+    tags = tuple(dict.fromkeys(t.strip().lower() for t in items if t.strip()))
     bad = [t for t in tags if not _TAG.fullmatch(t)]
     if bad:
         raise RecordError(f"tag {bad[0]!r} is not allowed: use lowercase letters, digits, '.', '_', '-'", field="tags")
@@ -213,6 +215,10 @@ def _meta_text(value: Any, name: str) -> str:
         raise RecordError(f"{name} is longer than {MAX_METADATA_CHARS} characters", field=name)
     if "\x00" in value:  # PostgreSQL text cannot hold NUL; refuse it everywhere so both backends agree
         raise RecordError(f"{name} contains a NUL character", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: refused here, per row, not by the journal for the whole batch
+        raise RecordError(f"{name} is not valid UTF-8 text", field=name) from None
     return value.strip()
 
 

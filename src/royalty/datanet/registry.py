@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..accounts import Account, Accounts
 from ..errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
@@ -49,6 +50,7 @@ STATUSES: tuple[str, ...] = ("pending", "accepted", "rejected", "withdrawn")
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 BATCH = 5_000  # contributions per write transaction: bounds memory and how long the write lock is held
 DAY_MS = 86_400_000
+_ORDINAL_MAX = 2**63 - 1  # ordinals are BIGINT: a cursor beyond this means "after everything"
 Progress = Callable[[int], None]  # called with the number of rows processed so far
 
 
@@ -240,13 +242,15 @@ class Datanets:
             problems.append(("kind", f"kind {kind!r} is unknown: choose one of {', '.join(KINDS)}"))
         if policy not in POLICIES:
             problems.append(("policy", f"policy {policy!r} is unknown: choose open or curated"))
-        licenses = [x.strip() for x in licenses if x.strip()]
+        licenses = list(dict.fromkeys(x.strip() for x in licenses if x.strip()))  # "MIT,MIT" is one license
         problems += [("license", p) for p in check_license_list(licenses)]
         if len(description) > 20_000:
             problems.append(("description", "description is longer than 20,000 characters"))
         for name, value in (("title", title), ("description", description)):
             if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
                 problems.append((name, f"{name} contains a NUL character"))
+            elif isinstance(value, str) and not _encodable(value):  # a lone surrogate: neither backend stores it
+                problems.append((name, f"{name} is not valid UTF-8 text"))
         try:
             tag_list = parse_tags(tags)
         except RecordError as exc:
@@ -262,7 +266,27 @@ class Datanets:
         if problems:
             raise InvalidInput("; ".join(m for _, m in problems), field=problems[0][0])
 
-        owner_account = self.accounts.get(owner)
+        owner_account = self._account(owner)
+        try:
+            return self._insert_datanet(
+                slug, title, kind, licenses, policy, owner_account, description, tag_list, limits
+            )
+        except IntegrityError:
+            # Another process created the same slug between our check and our insert (PostgreSQL, READ COMMITTED).
+            raise Conflict(f"a datanet named {slug!r} already exists", field="slug") from None
+
+    def _insert_datanet(
+        self,
+        slug: str,
+        title: str,
+        kind: str,
+        licenses: list[str],
+        policy: str,
+        owner_account: Account,
+        description: str,
+        tag_list: tuple[str, ...],
+        limits: DatanetLimits,
+    ) -> Datanet:
         with self.store.write() as conn:
             if conn.execute(select(datanets.c.id).where(datanets.c.slug == slug)).first():
                 raise Conflict(f"a datanet named {slug!r} already exists", field="slug")
@@ -306,7 +330,7 @@ class Datanets:
     def add_curator(self, datanet: str, account: str, *, actor: str) -> Account:
         dn = self.get(datanet)
         self._require_owner(dn, actor, "add curators")
-        return self.accounts.grant_role(account, "curator", scope=_scope(dn.id), actor=self.accounts.get(actor).id)
+        return self.accounts.grant_role(self._account(account).id, "curator", scope=_scope(dn.id), actor=self._account(actor).id)
 
     def curators(self, datanet: str) -> list[str]:
         dn = self.get(datanet)
@@ -326,8 +350,12 @@ class Datanets:
             return self.get_in(conn, ref)
 
     def get_in(self, conn: Connection, ref: str) -> Datanet:
-        column = datanets.c.id if ref.startswith("dn_") else datanets.c.slug
-        row = conn.execute(select(datanets).where(column == ref)).one_or_none()
+        # A reference no datanet can have (NUL, a lone surrogate) is simply not found, on both backends alike
+        # (PostgreSQL and SQLite's driver would otherwise refuse the query itself).
+        row = None
+        if _usable(ref):
+            column = datanets.c.id if ref.startswith("dn_") else datanets.c.slug
+            row = conn.execute(select(datanets).where(column == ref)).one_or_none()
         if row is None:
             raise NotFound(f"no datanet {ref!r}; list datanets with: royalty datanet list", field="datanet")
         return _datanet(row)
@@ -338,10 +366,12 @@ class Datanets:
 
     def contribution(self, datanet: str, contribution_id: str) -> Contribution:
         dn = self.get(datanet)
-        with self.store.read() as conn:
-            row = conn.execute(
-                select(contributions).where(contributions.c.datanet_id == dn.id, contributions.c.id == contribution_id)
-            ).one_or_none()
+        row = None
+        if _usable(contribution_id):
+            with self.store.read() as conn:
+                row = conn.execute(
+                    select(contributions).where(contributions.c.datanet_id == dn.id, contributions.c.id == contribution_id)
+                ).one_or_none()
         if row is None:
             raise NotFound(f"no contribution {contribution_id} in datanet {dn.slug}", field="contribution")
         return _contribution(row)
@@ -355,11 +385,12 @@ class Datanets:
         if not 1 <= limit <= 10_000:
             raise InvalidInput("limit must be between 1 and 10000", field="limit")
         dn = self.get(datanet)
+        after = max(-1, min(after, _ORDINAL_MAX))  # out-of-range cursors: before the first / after the last
         query = select(contributions).where(contributions.c.datanet_id == dn.id, contributions.c.ordinal > after)
         if status is not None:
             query = query.where(contributions.c.status == status)
         if contributor is not None:
-            query = query.where(contributions.c.contributor_id == self.accounts.get(contributor).id)
+            query = query.where(contributions.c.contributor_id == self._account(contributor).id)
         with self.store.read() as conn:
             rows = conn.execute(query.order_by(contributions.c.ordinal).limit(limit)).all()
         return [_contribution(r) for r in rows]
@@ -467,7 +498,7 @@ class Datanets:
     def _ingest(
         self, dn: Datanet, contributor: str, defaults: dict[str, Any], rows: Iterable[Row], progress: Progress | None
     ) -> ContributionReport:
-        who = self.accounts.get(contributor)
+        who = self._account(contributor)
         if who.kind == "system":
             raise PermissionDenied(f"{who.name} is a system account and cannot contribute", field="contributor")
         report = ContributionReport(datanet=dn.slug)
@@ -530,7 +561,9 @@ class Datanets:
     def _write_batch(self, dn: Datanet, who: Account, batch: list[_Candidate], report: ContributionReport) -> None:
         threshold = dn.limits.threshold_bp
         # Signatures are CPU work: compute them before taking the write lock.
-        sigs: list[np.ndarray | None] = dedup.signatures([c.text for c in batch]) if threshold else [None] * len(batch)
+        sigs: list[np.ndarray | None] = (
+            [dedup.signature(c.text) if dedup.has_words(c.text) else None for c in batch] if threshold else [None] * len(batch)
+        )
         c = contributions.c
         try:
             with self.store.write() as conn:
@@ -548,6 +581,7 @@ class Datanets:
                 rows: list[list[Any]] = []
                 events: list[tuple[str, dict[str, Any], str | None]] = []
                 tag_cache: dict[tuple[str, ...], str] = {}
+                added: set[str] = set()  # ids written by this batch (not yet inserted: rows go in at the end)
 
                 def tags_json(tags: tuple[str, ...]) -> str:
                     if tags not in tag_cache:
@@ -566,7 +600,11 @@ class Datanets:
                             f"{dn.slug} (max_records_per_day); try again tomorrow",
                         )
                         continue
-                    near = self._live_match(conn, dn, index, sig) if index is not None and sig is not None else None
+                    near = (
+                        self._live_match(conn, dn, index, sig, added)
+                        if index is not None and sig is not None
+                        else None
+                    )
                     if near is not None and dn.policy == "open":
                         report.reject(
                             cand.line,
@@ -604,6 +642,7 @@ class Datanets:
                         index.add(cand.id, sig)
                     (report.accepted if status == "accepted" else report.pending).append(cand.id)
                     existing[cand.id] = {"duplicate_of": cand.id, "contributor": who.id, "status": status}
+                    added.add(cand.id)
                     ordinal += 1
                     remaining -= 1
                 appended = self.journal.append_many(conn, events)
@@ -642,16 +681,32 @@ class Datanets:
         return index
 
     def _live_match(
-        self, conn: Connection, dn: Datanet, index: dedup.NearDuplicateIndex, sig: np.ndarray
+        self,
+        conn: Connection,
+        dn: Datanet,
+        index: dedup.NearDuplicateIndex,
+        sig: np.ndarray,
+        added: set[str],
     ) -> tuple[str, int] | None:
-        match = index.best_match(sig)
-        if match is None:
+        """The most similar live contribution at or above the threshold. The index keeps entries that were since
+        withdrawn or rejected (and, after another thread's rolled-back batch, ones never stored): they are
+        skipped, so a dead best match does not hide a live one behind it. ``added`` holds the ids of this
+        transaction, which count as live before their rows are inserted."""
+        found = index.matches(sig)
+        if not found:
             return None
-        # The index keeps entries that were since withdrawn or rejected; only a live contribution counts.
-        status = conn.execute(
-            select(contributions.c.status).where(contributions.c.datanet_id == dn.id, contributions.c.id == match[0])
-        ).scalar_one_or_none()
-        return match if status in (None, "pending", "accepted") else None
+        c = contributions.c
+        keys = [key for key, _ in found[:500]]
+        live = {
+            row.id
+            for row in conn.execute(
+                select(c.id).where(c.datanet_id == dn.id, c.id.in_(keys), c.status.in_(("pending", "accepted")))
+            ).all()
+        }
+        for key, score in found[:500]:
+            if key in live or key in added:
+                return key, score
+        return None
 
     # --- curate, withdraw, purge -------------------------------------------------------------------------------
 
@@ -672,21 +727,26 @@ class Datanets:
             raise InvalidInput("nothing to review: pass contribution ids to accept or reject", field="accept")
         if reason and "\x00" in reason:
             raise InvalidInput("reason contains a NUL character", field="reason")
+        if reason and not _encodable(reason):
+            raise InvalidInput("reason is not valid UTF-8 text", field="reason")
         if reject and not (reason and reason.strip()):
             raise InvalidInput("rejecting needs a reason (--reason) that the contributor will see", field="reason")
         both = set(accept) & set(reject)
         if both:
             raise InvalidInput(f"contribution {sorted(both)[0]} is both accepted and rejected", field="accept")
         decisions = [(cid, "accepted") for cid in dict.fromkeys(accept)] + [(cid, "rejected") for cid in dict.fromkeys(reject)]
+        wanted = [cid for cid, _ in decisions if _usable(cid)]
         with self.store.write() as conn:
-            found = {
-                r.id: r.status
-                for r in conn.execute(
-                    select(contributions.c.id, contributions.c.status).where(
-                        contributions.c.datanet_id == dn.id, contributions.c.id.in_([cid for cid, _ in decisions])
-                    )
+            found: dict[str, str] = {}
+            # In chunks (a bound parameter per id; PostgreSQL allows 65,535), and locked (FOR UPDATE), so that a
+            # concurrent review or withdrawal cannot slip between reading a status and changing it.
+            for lo in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(contributions.c.id, contributions.c.status)
+                    .where(contributions.c.datanet_id == dn.id, contributions.c.id.in_(wanted[lo : lo + 500]))
+                    .with_for_update()
                 ).all()
-            }
+                found.update((r.id, r.status) for r in rows)
             for cid, _ in decisions:
                 if cid not in found:
                     raise NotFound(f"no contribution {cid} in datanet {dn.slug}", field="id")
@@ -710,7 +770,7 @@ class Datanets:
     def withdraw(self, datanet: str, contribution_id: str, *, actor: str) -> Contribution:
         """The contributor takes a contribution back: it is left out of every later version."""
         dn = self.get(datanet)
-        who = self.accounts.get(actor)
+        who = self._account(actor)
         with self.store.write() as conn:
             row = self._own_contribution(conn, dn, contribution_id, who, "withdraw")
             if row.status == "withdrawn":
@@ -727,7 +787,7 @@ class Datanets:
         """Erase a withdrawn contribution's content. The id stays as a tombstone, so published versions (whose
         roots are over ids) still verify."""
         dn = self.get(datanet)
-        who = self.accounts.get(actor)
+        who = self._account(actor)
         with self.store.write() as conn:
             row = self._own_contribution(conn, dn, contribution_id, who, "purge")
             if row.status != "withdrawn":
@@ -743,9 +803,14 @@ class Datanets:
         return self.contribution(dn.id, contribution_id)
 
     def _own_contribution(self, conn: Connection, dn: Datanet, cid: str, who: Account, verb: str) -> Any:
-        row = conn.execute(
-            select(contributions).where(contributions.c.datanet_id == dn.id, contributions.c.id == cid)
-        ).one_or_none()
+        row = None
+        if _usable(cid):
+            # Locked: a review committed meanwhile must not be overwritten by a withdrawal read before it.
+            row = conn.execute(
+                select(contributions)
+                .where(contributions.c.datanet_id == dn.id, contributions.c.id == cid)
+                .with_for_update()
+            ).one_or_none()
         if row is None:
             raise NotFound(f"no contribution {cid} in datanet {dn.slug}", field="id")
         if row.contributor_id != who.id:
@@ -788,14 +853,21 @@ class Datanets:
             return "curator"
         return None
 
+    def _account(self, ref: str) -> Account:
+        """An account by id or name; a reference no account can have (NUL, a lone surrogate) is not found, on
+        both backends alike."""
+        if not _usable(ref):
+            raise NotFound(f"no account {ref!r}; list accounts with: royalty account list", field="account")
+        return self.accounts.get(ref)
+
     def _require_owner(self, dn: Datanet, actor: str, action: str) -> Account:
-        who = self.accounts.get(actor)
+        who = self._account(actor)
         if self.role_of(dn, who) != "owner":
             raise PermissionDenied(f"only the owner of {dn.slug} may {action}")
         return who
 
     def _require_curator(self, dn: Datanet, actor: str, action: str) -> Account:
-        who = self.accounts.get(actor)
+        who = self._account(actor)
         if self.role_of(dn, who) is None:
             raise PermissionDenied(f"only the owner or a curator of {dn.slug} may {action}")
         return who
@@ -803,6 +875,21 @@ class Datanets:
 
 def _scope(datanet_id: str) -> str:
     return f"datanet:{datanet_id}"
+
+
+def _encodable(text: str) -> bool:
+    """False for text with a lone surrogate (not UTF-8): SQLite's driver cannot bind it, the journal refuses it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _usable(ref: Any) -> bool:
+    """Whether ``ref`` can be looked up at all: text without NUL (PostgreSQL refuses it in a query) and valid
+    UTF-8. Lookups of anything else answer "not found" without asking the database, so both backends agree."""
+    return isinstance(ref, str) and "\x00" not in ref and _encodable(ref)
 
 
 def _existing(conn: Connection, datanet_id: str, ids: list[str]) -> dict[str, dict[str, Any]]:

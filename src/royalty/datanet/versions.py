@@ -159,12 +159,16 @@ def get_version(svc: Datanets, datanet: str, number: int | None = None) -> Datan
         return _version_in(conn, dn.id, dn.slug, number)
 
 
+_VERSION_MAX = 2**31 - 1  # version numbers are INTEGER columns (32-bit on PostgreSQL)
+
+
 def _version_in(conn: Connection, datanet_id: str, slug: str, number: int | None) -> DatanetVersion:
     query = select(datanet_versions).where(datanet_versions.c.datanet_id == datanet_id)
     query = query.where(datanet_versions.c.number == number) if number is not None else query.order_by(datanet_versions.c.number.desc()).limit(1)
-    row = conn.execute(query).one_or_none()
+    # A number no version can have is not found without asking the database (which would refuse to compare it).
+    row = conn.execute(query).one_or_none() if number is None or 1 <= number <= _VERSION_MAX else None
     if row is None:
-        which = f"version {number}" if number is not None else "any published version"
+        which = f"version {number}" if number is not None else "published version"
         raise NotFound(f"{slug} has no {which}; publish one with: royalty datanet publish {slug}", field="version")
     return _version(row)
 
@@ -199,9 +203,11 @@ def proof(svc: Datanets, datanet: str, contribution_id: str, number: int | None 
         version = _version_in(conn, dn.id, dn.slug, number)
         # id -> ordinal (contributions) -> block (the last block starting at or before it) -> position (a scan
         # of that block's <= 256 members). Separate point queries: as one join, PostgreSQL scanned the members.
-        ordinal = conn.execute(
-            select(c.ordinal).where(c.datanet_id == dn.id, c.id == contribution_id)
-        ).scalar_one_or_none()
+        ordinal = (
+            conn.execute(select(c.ordinal).where(c.datanet_id == dn.id, c.id == contribution_id)).scalar_one_or_none()
+            if isinstance(contribution_id, str) and "\x00" not in contribution_id and contribution_id.isascii()
+            else None  # no id has NUL or non-ASCII (PostgreSQL and SQLite's driver would refuse the query)
+        )
         position = None
         if ordinal is not None:
             b = datanet_version_blocks.c
@@ -289,16 +295,20 @@ def verify_proof(bundle: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
         event = json.loads(journal_bundle["event"])
         data = event["data"]
         published = (event["type"], data["datanet"], data["version"], data["root"], data["size"])
-    except (ValueError, KeyError, TypeError):
+        slug = data["slug"]
+        claimed_slug = bundle["datanet"].get("slug", slug)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise VerificationFailed("the journal event in the proof is not a datanet.published event") from None
     if published != ("datanet.published", datanet_id, version, root.hex(), size):
         raise VerificationFailed(
             f"the journal event does not publish version {version} of {datanet_id} with this root and size"
         )
+    if claimed_slug != slug:  # the slug is shown to the person verifying: it must be the signed one
+        raise VerificationFailed(f"the proof names datanet {claimed_slug!r}, but the journal published {slug!r}")
     return {
         "ok": True,
         "contribution_id": cid,
-        "datanet": bundle["datanet"],
+        "datanet": {"id": datanet_id, "slug": slug},
         "version": version,
         "root": root.hex(),
         "journal_seq": int(journal_bundle["seq"]),
