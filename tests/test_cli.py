@@ -297,3 +297,13 @@ def test_demo_tells_the_story_and_verifies(tmp_path: Path) -> None:
     result = run_process("demo", "--home", str(tmp_path / "kept"))
     assert result.returncode == 0 and (tmp_path / "kept" / "node" / "node.json").exists() is False
     assert (tmp_path / "kept" / "node.json").exists()
+
+
+def test_verify_proof_from_stdin_that_is_not_utf8(home: Path) -> None:
+    key = json.loads(run_process("info", "--home", str(home), "--json").stdout)["verifier_key"]
+    result = subprocess.run(
+        [sys.executable, "-m", "royalty", "journal", "verify-proof", "-", "--key", key],
+        input=b"\xff\xfe{not text", capture_output=True, timeout=60,
+    )
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().strip() == "royalty: error: -: not a text file (not valid UTF-8)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
@@ -55,13 +56,11 @@ def read_bytes(path: Path) -> bytes:
 
 def read_json_document(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path`` ('-' = stdin), e.g. a saved proof; clear errors for every way it can fail."""
-    if str(path) == "-":
-        text = typer.get_text_stream("stdin").read()
-    else:
-        try:
-            text = read_bytes(path).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"{path}: not a text file (not valid UTF-8)", field="file") from None
+    data = sys.stdin.buffer.read() if str(path) == "-" else read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not a text file (not valid UTF-8)", field="file") from None
     try:
         document = json.loads(text)
     except ValueError as exc:
