@@ -28,6 +28,7 @@ from .datanet import Datanets
 from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
+from .ledger import Ledger
 from .settings import Settings, load_settings
 from .store import BlobStore, Store
 from .store.migrations import ensure_current
@@ -83,6 +84,7 @@ class Node:
         self.journal = Journal(store, signer, self.origin, clock)
         self.accounts = Accounts(store, self.journal, clock)
         self.datanets = Datanets(store, self.journal, self.accounts, clock)
+        self.ledger = Ledger(store, self.journal, clock)
 
     @property
     def info(self) -> NodeInfo:

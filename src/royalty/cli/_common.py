@@ -56,7 +56,12 @@ def read_bytes(path: Path) -> bytes:
 
 def read_json_document(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path`` ('-' = stdin), e.g. a saved proof; clear errors for every way it can fail."""
-    data = sys.stdin.buffer.read() if str(path) == "-" else read_bytes(path)
+    if str(path) == "-":
+        # Bytes when stdin has them (a real process), so bad encodings get our message; text streams otherwise.
+        stdin = sys.stdin
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogatepass")
+    else:
+        data = read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

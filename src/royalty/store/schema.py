@@ -202,6 +202,77 @@ datanet_version_nodes = Table(
     sqlite_with_rowid=False,
 )
 
+# --- ledger (TigerBeetle model; see royalty.ledger) ----------------------------------------------------------
+# Ids are 128-bit integers stored as 32 lowercase hex digits, so text order is numeric order (PostgreSQL locks
+# accounts in ascending id order). Amounts and balances are BIGINT base units (< 2^63) on both backends.
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("ledger", BigInteger, nullable=False),  # u32 asset (royalty.ledger.codes.Asset)
+    Column("code", Integer, nullable=False),  # u16 account type
+    Column("flags", Integer, nullable=False),
+    Column("owner_id", String(40), ForeignKey("accounts.id"), nullable=True, index=True),
+    Column("user_data", Text, nullable=True),
+    # The only mutable columns: cumulative sums, changed only by transfers (and expiry of pending ones).
+    Column("debits_pending", BigInteger, nullable=False),
+    Column("debits_posted", BigInteger, nullable=False),
+    Column("credits_pending", BigInteger, nullable=False),
+    Column("credits_posted", BigInteger, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # ledger clock, ms
+    Column("created_seq", BigInteger, nullable=False),  # the journal event that created it
+)
+
+# Immutable. Post/void transfers carry the pending transfer's accounts, ledger and code and the amount moved.
+# (event_seq, event_index): the journal event of the create_transfers call and the position in its batch, a
+# total order (history pagination).
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("debit_account_id", String(32), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("credit_account_id", String(32), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("pending_id", String(32), nullable=True),
+    Column("timeout", BigInteger, nullable=False),  # seconds
+    Column("ledger", BigInteger, nullable=False),
+    Column("code", Integer, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("user_data", Text, nullable=True),
+    Column("timestamp", BigInteger, nullable=False),  # ledger clock, ms
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_index", Integer, nullable=False),
+    Index("ix_ledger_transfers_order", "event_seq", "event_index", unique=True),
+    Index("ix_ledger_transfers_debit", "debit_account_id", "event_seq", "event_index"),
+    Index("ix_ledger_transfers_credit", "credit_account_id", "event_seq", "event_index"),
+)
+
+# The state of every pending transfer. A row changes once, from 'pending' to posted/voided/expired, and never
+# again (a trigger refuses any later UPDATE and every DELETE: invariant I6 at the database).
+ledger_pending = Table(
+    "ledger_pending",
+    metadata,
+    Column("id", String(32), ForeignKey("ledger_transfers.id"), primary_key=True),
+    Column("debit_account_id", String(32), nullable=False),
+    Column("credit_account_id", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=True),  # timestamp + timeout; NULL: never
+    Column("state", String(8), nullable=False),  # pending | posted | voided | expired
+    Column("resolved_by", String(32), nullable=True),  # the post/void transfer
+    Column("resolved_ms", BigInteger, nullable=True),
+    Index("ix_ledger_pending_expiry", "state", "expires_ms"),
+)
+
+# Ids whose first attempt failed for a state-dependent reason: a retry answers id_already_failed forever (I5).
+ledger_failures = Table(
+    "ledger_failures",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("code", String(64), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+)
+
 # Tables whose rows may never change or disappear (enforced by triggers in the migrations).
 APPEND_ONLY = (
     "journal_events",
@@ -211,4 +282,6 @@ APPEND_ONLY = (
     "datanet_version_members",
     "datanet_version_blocks",
     "datanet_version_nodes",
+    "ledger_transfers",
+    "ledger_failures",
 )
