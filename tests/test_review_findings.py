@@ -432,3 +432,21 @@ def test_cli_contribute_refuses_an_oversized_file_before_reading_it(
     monkeypatch.setattr(cli_datanet, "read_bytes", no_read)
     code, _, err = run(capsys, "datanet", "contribute", "corpus", str(big), "--home", str(cli_home))
     assert code == 1 and "max_file_bytes" in err and err.count("\n") == 1, err
+
+
+def test_a_parquet_file_that_expands_beyond_the_file_limit_is_refused_before_reading(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from royalty.datanet.formats import read_rows
+
+    buffer = io.BytesIO()  # 2 MB of one repeated character compresses to a few KB
+    pq.write_table(pa.table({"text": ["a" * 1_000_000, "b" * 1_000_000]}), buffer, compression="zstd")
+    data = buffer.getvalue()
+    assert len(data) < 100_000
+    with pytest.raises(InvalidInput, match=r"expands to [\d,]+ bytes; this datanet accepts up to 1,000,000"):
+        read_rows(data, "bomb.parquet", "text", max_bytes=1_000_000)
+    rows = list(read_rows(data, "ok.parquet", "text", max_bytes=10_000_000))  # within the limit: read as usual
+    assert [len(r.fields["text"]) for r in rows] == [1_000_000, 1_000_000]

@@ -48,8 +48,10 @@ def detect_format(name: str) -> str:
     return FORMATS[suffix]
 
 
-def read_rows(data: bytes, name: str, kind: str) -> Iterator[Row]:
-    """Rows of a contribution file given as bytes. Raises InvalidInput for whole-file problems."""
+def read_rows(data: bytes, name: str, kind: str, max_bytes: int | None = None) -> Iterator[Row]:
+    """Rows of a contribution file given as bytes. Raises InvalidInput for whole-file problems.
+
+    ``max_bytes`` bounds what a compressed format (Parquet) may expand to, as declared by its metadata."""
     fmt = detect_format(name)
     if not data.strip():
         raise InvalidInput(f"{name}: the file is empty", field="file")
@@ -65,7 +67,7 @@ def read_rows(data: bytes, name: str, kind: str) -> Iterator[Row]:
     if fmt == "csv":
         return _csv(data, name)
     if fmt == "parquet":
-        return _parquet(data, name)
+        return _parquet(_open_parquet(data, name, max_bytes), name)
     return _paragraphs(data, markdown=fmt == "markdown")
 
 
@@ -138,23 +140,47 @@ def _csv(data: bytes, name: str) -> Iterator[Row]:
             yield Row(line, row)
 
 
-def _parquet(data: bytes, name: str) -> Iterator[Row]:
+def _open_parquet(data: bytes, name: str, max_bytes: int | None) -> Any:
+    """Open a Parquet file and refuse one that would expand beyond ``max_bytes`` (a small, highly compressed
+    file must not be able to fill memory). Arrow checks every page against its declared uncompressed size, so
+    the metadata's sizes bound what decoding allocates."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        meta = parquet.metadata
+        expanded = sum(
+            meta.row_group(g).column(c).total_uncompressed_size
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+        )
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"{name}: not a readable Parquet file ({str(exc).splitlines()[0]})", field="file") from None
-    try:
-        rows = table.to_pylist()
-    except (pa.ArrowException, ValueError, OverflowError) as exc:  # e.g. a date or timestamp beyond Python's range
+    if max_bytes is not None and expanded > max_bytes:
         raise InvalidInput(
-            f"{name}: a column holds values that cannot be read ({str(exc).splitlines()[0]}); records need text columns",
+            f"{name}: the Parquet file expands to {expanded:,} bytes; this datanet accepts up to {max_bytes:,} "
+            "(max_file_bytes)",
             field="file",
-        ) from None
-    for number, row in enumerate(rows, start=1):
-        yield Row(number, {k: v for k, v in row.items() if v is not None})
+        )
+    return parquet
+
+
+def _parquet(parquet: Any, name: str) -> Iterator[Row]:
+    import pyarrow as pa
+
+    number = 0
+    for group in range(parquet.metadata.num_row_groups):  # one row group in memory at a time
+        try:
+            rows = parquet.read_row_group(group).to_pylist()
+        except (pa.ArrowException, OSError, ValueError, OverflowError) as exc:  # e.g. a timestamp beyond Python's range
+            raise InvalidInput(
+                f"{name}: a column holds values that cannot be read ({str(exc).splitlines()[0]}); records need text columns",
+                field="file",
+            ) from None
+        for row in rows:
+            number += 1
+            yield Row(number, {k: v for k, v in row.items() if v is not None})
 
 
 def _paragraphs(data: bytes, *, markdown: bool) -> Iterator[Row]:

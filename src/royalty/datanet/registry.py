@@ -470,7 +470,7 @@ class Datanets:
                 "(max_file_bytes)",
                 field="file",
             )
-        rows = read_rows(data, name, dn.kind)
+        rows = read_rows(data, name, dn.kind, max_bytes=dn.limits.max_file_bytes)
         defaults = {"license": license, "source": source or name, "consent": consent, "tags": tags}
         return self._ingest(dn, contributor, defaults, rows, progress)
 
