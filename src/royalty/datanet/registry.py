@@ -515,11 +515,15 @@ class Datanets:
             try:
                 fields, meta = split_row(dn.kind, row.fields)
                 record = make_record(dn.kind, fields)
-            except RecordError as exc:
+            except (RecordError, InvalidInput) as exc:  # InvalidInput: canonical JSON refused a value
                 report.reject(row.line, exc.message, exc.field)
                 continue
-            except InvalidInput as exc:  # from canonical JSON: e.g. a number where text was expected
-                report.reject(row.line, exc.message, exc.field)
+            if len(record.content) > dn.limits.max_record_bytes:
+                report.reject(
+                    row.line,
+                    f"record is {len(record.content):,} bytes; this datanet accepts at most "
+                    f"{dn.limits.max_record_bytes:,} (max_record_bytes)",
+                )
                 continue
             # Rows of one file mostly carry the same metadata (often none): validate each distinct set once.
             try:
@@ -536,13 +540,6 @@ class Datanets:
                     provenances[key] = provenance
             if isinstance(provenance, RecordError):
                 report.reject(row.line, provenance.message, provenance.field)
-                continue
-            if len(record.content) > dn.limits.max_record_bytes:
-                report.reject(
-                    row.line,
-                    f"record is {len(record.content):,} bytes; this datanet accepts at most "
-                    f"{dn.limits.max_record_bytes:,} (max_record_bytes)",
-                )
                 continue
             if record.id in seen:
                 report.duplicates.append({"line": row.line, "id": record.id, "duplicate_of_line": seen[record.id]})
