@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/journal.py
 	$(PY) benchmarks/datanet.py
+	$(PY) benchmarks/ledger.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work
