@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import random
 import re
-import sqlite3
 import sys
 import tempfile
 import time
@@ -41,9 +38,8 @@ from royalty.datanet import versions as dn_versions
 from royalty.journal import merkle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import results_table, write_section  # noqa: E402
+from report import publish  # noqa: E402  (benchmarks/ is on sys.path when run)
 
-ROOT = Path(__file__).resolve().parent.parent
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -202,30 +198,15 @@ def main() -> int:
         (f"Publish a version of {members:,}", f"{publish_s:.2f} s", f"CompactRange in memory {memory_root_s:.2f} s", f"{publish_s / memory_root_s:.1f}x", "<= 10 s", publish_s <= 10),
         (f"Inclusion proof bundle at {members:,}", f"{proof_ms:.2f} ms", f"in-memory tree {memory_ms:.3f} ms", f"{proof_ms / memory_ms:.0f}x", "<= 5 ms", proof_ms <= 5),
     ]
-    table = results_table(rows)
-    section = "\n".join(
-        [
-            "<!-- datanet:begin -->",
-            "## Datanets",
-            "",
-            f"Command: `.venv/bin/python benchmarks/datanet.py`. Machine: {os.cpu_count()} cores, {platform.machine()}, "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; run {time.strftime('%Y-%m-%d')}.",
-            "",
-            *table,
-            "",
-            f"Also: the Merkle part of a proof (stored nodes above level 8 plus one 256-member block read) took "
-            f"{merkle_ms:.3f} ms; the journal half of a bundle (the publish event under the latest checkpoint) is the "
-            f"same for every member and is cached per (event, checkpoint), so the bundle time is for a version "
-            f"already served once; re-running the {records:,}-record file (all duplicates, nothing written) took "
-            f"{rerun_s:.1f} s; filling the {members:,} contributions with contribute_records in batches of 50,000 "
-            f"ran at {members / fill_s:,.0f}/s; the SQLite files ended at {db_bytes / 2**20:,.0f} MiB.",
-            "<!-- datanet:end -->",
-        ]
+    notes = (
+        f"Also: the Merkle part of a proof (stored nodes above level 8 plus one 256-member block read) took "
+        f"{merkle_ms:.3f} ms; the journal half of a bundle (the publish event under the latest checkpoint) is the "
+        f"same for every member and is cached per (event, checkpoint), so the bundle time is for a version "
+        f"already served once; re-running the {records:,}-record file (all duplicates, nothing written) took "
+        f"{rerun_s:.1f} s; filling the {members:,} contributions with contribute_records in batches of 50,000 "
+        f"ran at {members / fill_s:,.0f}/s; the SQLite files ended at {db_bytes / 2**20:,.0f} MiB."
     )
-    print("\n" + section)
-    if write:
-        write_section(ROOT / "docs" / "BENCHMARKS.md", "datanet", section)
-    return 0 if all(ok for *_, ok in rows) else 1
+    return publish("datanet", "Datanets", ".venv/bin/python benchmarks/datanet.py", rows, notes, write=write)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -34,9 +32,8 @@ import royalty
 from royalty.journal import merkle
 from royalty.journal.log import _fetch_nodes
 
-from report import results_table, write_section  # noqa: E402  (benchmarks/ is on sys.path when run)
+from report import publish  # noqa: E402  (benchmarks/ is on sys.path when run)
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1_000
 
 
@@ -158,28 +155,12 @@ def main() -> int:
         (f"Inclusion proof at {size:,} leaves", f"{proof_ms:.3f} ms", f"in-memory tree {memory_ms:.3f} ms", f"{proof_ms / memory_ms:.1f}x", "<= 1 ms", proof_ms <= 1.0),
         (f"`journal verify` of {size:,} events", f"{verify_s:.1f} s", f"read + hash only {read_s:.1f} s", f"{verify_s / read_s:.1f}x", "<= 60 s", verify_s <= 60),
     ]
-    table = results_table(rows)
-    section = "\n".join(
-        [
-            "<!-- journal:begin -->",
-            "## Journal (issue #2)",
-            "",
-            f"Command: `.venv/bin/python benchmarks/journal.py --events {args.events}`. "
-            f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}; run {time.strftime('%Y-%m-%d')}.",
-            "",
-            *table,
-            "",
-            f"Also: filling the journal to {size:,} events in batches of 10,000 ran at {size / fill:,.0f} events/s; "
-            f"a full proof bundle (checkpoint lookup, event, proof) took {bundle_ms:.2f} ms; the SQLite files "
-            f"took {db_bytes / size:.0f} bytes per event (event body ~{len(body)} bytes).",
-            "<!-- journal:end -->",
-        ]
+    notes = (
+        f"Also: filling the journal to {size:,} events in batches of 10,000 ran at {size / fill:,.0f} events/s; "
+        f"a full proof bundle (checkpoint lookup, event, proof) took {bundle_ms:.2f} ms; the SQLite files "
+        f"took {db_bytes / size:.0f} bytes per event (event body ~{len(body)} bytes)."
     )
-    print("\n" + section)
-    if not args.no_write:
-        write_section(ROOT / "docs" / "BENCHMARKS.md", "journal", section)
-    return 0 if all(ok for *_, ok in rows) else 1
+    return publish("journal", "Journal (issue #2)", f".venv/bin/python benchmarks/journal.py --events {args.events}", rows, notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

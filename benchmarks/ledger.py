@@ -33,8 +33,6 @@ cycles/s. Results replace the "ledger" section of docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -47,9 +45,8 @@ import royalty
 from royalty.ledger import AccountFlags, AccountSpec, Asset, Result, TransferFlags, TransferSpec, hex_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import results_table, write_section  # noqa: E402
+from report import publish  # noqa: E402  (benchmarks/ is on sys.path when run)
 
-ROOT = Path(__file__).resolve().parent.parent
 USERS = 10_000
 LEDGER = int(Asset.OPEN)
 CODE = 1
@@ -323,33 +320,20 @@ def main() -> int:
          f"raw sqlite3 rows of the cycle {raw_cycle_rate:,.0f}/s", f"{cycle_rate / raw_cycle_rate:.2f}x",
          ">= 5,000/s", cycle_rate >= 5_000),
     ]
-    table = results_table(rows)
-    section = "\n".join(
-        [
-            "<!-- ledger:begin -->",
-            "## Ledger core (issue #4, part 1)",
-            "",
-            f"Command: `.venv/bin/python benchmarks/ledger.py`. "
-            f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}; run {time.strftime('%Y-%m-%d')}. SQLite, WAL, synchronous=FULL; "
-            f"{USERS:,} user accounts (debits_must_not_exceed_credits), funded from one account; medians of "
-            f"{rounds} rounds interleaved with the baselines.",
-            "",
-            *table,
-            "",
-            f"Also: rounds of {single_n} single transfers and {batch_n:,} batched ones; fee cycles pipelined, each "
-            f"call carrying {cycles_per_call} new reservations plus the post and 3 linked splits of the previous "
-            f"call's {cycles_per_call} ({cycles_per_call * 5:,} transfers per call), {cycles_n:,} cycles per round; "
-            f"p99 latency of a 1,000-transfer call {p99(lat1000) * 1e3:.1f} ms; setup (accounts and funding) "
-            f"{setup_s:.1f} s; after {transfers:,} transfers the SQLite files took {db_bytes / transfers:,.0f} bytes "
-            f"per transfer (ledger rows, indexes and journal events together).",
-            "<!-- ledger:end -->",
-        ]
+    notes = (
+        f"Also: rounds of {single_n} single transfers and {batch_n:,} batched ones; fee cycles pipelined, each "
+        f"call carrying {cycles_per_call} new reservations plus the post and 3 linked splits of the previous "
+        f"call's {cycles_per_call} ({cycles_per_call * 5:,} transfers per call), {cycles_n:,} cycles per round; "
+        f"p99 latency of a 1,000-transfer call {p99(lat1000) * 1e3:.1f} ms; setup (accounts and funding) "
+        f"{setup_s:.1f} s; after {transfers:,} transfers the SQLite files took {db_bytes / transfers:,.0f} bytes "
+        f"per transfer (ledger rows, indexes and journal events together)."
     )
-    print("\n" + section)
-    if write:
-        write_section(ROOT / "docs" / "BENCHMARKS.md", "ledger", section)
-    return 0 if all(ok for *_, ok in rows) else 1
+    conditions = (
+        f"SQLite, WAL, synchronous=FULL; {USERS:,} user accounts (debits_must_not_exceed_credits), funded from one "
+        f"account; medians of {rounds} rounds interleaved with the baselines."
+    )
+    command = ".venv/bin/python benchmarks/ledger.py"
+    return publish("ledger", "Ledger core (issue #4, part 1)", command, rows, notes, write=write, setup=conditions)
 
 
 if __name__ == "__main__":

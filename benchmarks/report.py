@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sqlite3
+import time
 from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
 Row = tuple[str, str, str, str, str, bool]  # measure, ours, baseline, ratio, target, met
 
@@ -24,3 +30,18 @@ def write_section(path: Path, name: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def publish(name: str, title: str, command: str, rows: list[Row], notes: str, *, write: bool, setup: str = "") -> int:
+    """Print a benchmark's section of docs/BENCHMARKS.md (and rewrite it there when ``write``); returns the exit
+    code: 0 when every target was met, 1 otherwise."""
+    machine = (
+        f"Command: `{command}`. Machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}; run {time.strftime('%Y-%m-%d')}."
+    )
+    lines = [f"<!-- {name}:begin -->", f"## {title}", "", f"{machine} {setup}".rstrip(), "", *results_table(rows)]
+    section = "\n".join([*lines, "", notes, f"<!-- {name}:end -->"])
+    print("\n" + section)
+    if write:
+        write_section(DOCS, name, section)
+    return 0 if all(ok for *_, ok in rows) else 1
