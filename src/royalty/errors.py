@@ -12,6 +12,8 @@ The CLI prints ``royalty: error: <message>`` and exits 1; the HTTP layer renders
     ├── PermissionDenied (403)        authenticated, but not allowed
     ├── NotFound (404)
     ├── Conflict (409)                already exists / state does not allow it
+    │   └── TransferRejected (409)    the ledger refused a transfer; ``result`` is its result code
+    │       └── InsufficientFunds (402)
     ├── QuotaExceeded (429)
     ├── NodeError (500)               the node's home or store cannot be used as it is
     │   ├── NodeNotFound
@@ -75,6 +77,28 @@ class NotFound(RoyaltyError):
 class Conflict(RoyaltyError):
     status = 409
     type = "conflict"
+
+
+class TransferRejected(Conflict):
+    """The ledger refused a transfer; ``result`` is its result code (``royalty.ledger.Result`` value)."""
+
+    type = "transfer_rejected"
+
+    def __init__(self, message: str, *, result: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.result = result
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["result"] = self.result
+        return body
+
+
+class InsufficientFunds(TransferRejected):
+    """Not enough available OPEN (or gOPEN) for the operation: 402 Payment Required."""
+
+    status = 402
+    type = "insufficient_funds"
 
 
 class QuotaExceeded(RoyaltyError):

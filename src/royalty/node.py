@@ -29,6 +29,12 @@ from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
 from .ledger import Ledger
+from .ledger.fees import Fees
+from .ledger.governance import Governance
+from .ledger.params import ParamsRegistry, build_params
+from .ledger.rewards import Rewards
+from .ledger.staking import Staking
+from .ledger.tokens import DEFAULT_GENESIS_SUPPLY, Tokens
 from .settings import Settings, load_settings
 from .store import BlobStore, Store
 from .store.migrations import ensure_current
@@ -85,6 +91,12 @@ class Node:
         self.accounts = Accounts(store, self.journal, clock)
         self.datanets = Datanets(store, self.journal, self.accounts, clock)
         self.ledger = Ledger(store, self.journal, clock)
+        self.params = ParamsRegistry(store, self.journal, clock)
+        self.tokens = Tokens(store, self.ledger, self.accounts, self.params, clock)
+        self.staking = Staking(store, self.ledger, self.tokens, self.accounts, self.params, clock)
+        self.governance = Governance(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
+        self.fees = Fees(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
+        self.rewards = Rewards(store, self.ledger, self.tokens, self.accounts, self.params, clock)
 
     @property
     def info(self) -> NodeInfo:
@@ -110,13 +122,20 @@ def init_node(
     database_url: str | None = None,
     origin: str | None = None,
     clock: Callable[[], int] = now_ms,
+    supply: int = DEFAULT_GENESIS_SUPPLY,
+    params: dict[str, Any] | None = None,
 ) -> tuple[Node, bool]:
     """Create a node's home (or finish one whose creation was interrupted). Returns (node, created).
 
     Safe to run twice: an initialised home is opened and returned with ``created=False``. Each step is
     idempotent: the key is kept if present, migrations are applied, genesis runs once (one transaction), and
     ``node.json`` is written last, so its presence means the node is complete.
+
+    ``supply`` (base units) is the OPEN issued to the treasury at genesis; ``params`` overrides the default
+    governed Params at genesis (afterwards only governance changes them). Both are validated before anything
+    is written.
     """
+    genesis_params = build_params(params or {})
     settings = load_settings(home, database_url)
     root = settings.home
     if (root / NODE_FILE).exists():
@@ -150,7 +169,7 @@ def init_node(
             identity = {"node_id": node_id, "origin": origin or f"royalty.local/{node_id}"}
             signer = _make_signer(identity["origin"], key)
             node = Node(settings, identity, signer, store, clock)
-            _genesis(node)
+            _genesis(node, supply, genesis_params.model_dump())
         identity_file: dict[str, Any] = {"format": NODE_FORMAT, **identity}
         if settings.database_url:
             identity_file["database_url"] = settings.database_url
@@ -203,8 +222,9 @@ def open_node(
     return Node(settings, identity, signer, store, clock)
 
 
-def _genesis(node: Node) -> None:
-    """Record the node's identity and create the protocol's accounts, in one transaction, as journal event 0."""
+def _genesis(node: Node, supply: int, params: dict[str, Any]) -> None:
+    """Record the node's identity, create the protocol's accounts, set the genesis Params and issue the genesis
+    supply to the treasury, in one transaction; journal event 0 is ``node.genesis``."""
     with node.store.write() as conn:
         conn.execute(
             insert(meta),
@@ -222,6 +242,8 @@ def _genesis(node: Node) -> None:
         for name, _purpose in SYSTEM_ACCOUNTS:
             node.accounts.create_in(conn, name, kind="system", roles=(), with_key=False, actor=None)
         node.accounts.create_in(conn, OPERATOR, kind="person", roles=("admin",), with_key=False, actor=None)
+        node.params.set_in(conn, params, reason="genesis")
+        node.tokens.genesis_in(conn, supply)
 
 
 def _make_signer(origin: str, key: Any) -> Signer:

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import RoyaltyError
-from . import account, datanet, journal, node, serve
+from . import account, datanet, gov, journal, ledger, node, rewards, serve, stake
 
 app = typer.Typer(
     name="royalty",
@@ -27,6 +27,10 @@ node.register(app)
 app.add_typer(account.app, name="account")
 app.add_typer(journal.app, name="journal")
 app.add_typer(datanet.app, name="datanet")
+app.add_typer(ledger.app, name="ledger")
+stake.register(app)
+app.add_typer(gov.app, name="gov")
+app.add_typer(rewards.app, name="rewards")
 serve.register(app)
 
 

@@ -355,6 +355,41 @@ class Ledger:
             return []
         return self._retrying(lambda conn: _Batch(self, conn, specs, actor).run())
 
+    def create_transfers_in(
+        self,
+        conn: Connection,
+        specs: Sequence[TransferSpec],
+        *,
+        actor: str | None = None,
+        event_type: str = "ledger.transfers",
+        extra: dict[str, Any] | None = None,
+    ) -> list[Result]:
+        """``create_transfers`` inside the caller's write transaction (run it under ``transaction``), for
+        services whose operation is transfers plus their own rows, atomically: staking, fees, governance.
+
+        Journals one event of type ``event_type`` whose payload is the usual ``transfers``/``expired`` lists plus
+        ``extra`` (the service's own fields); ``royalty ledger verify`` replays the transfers of every event
+        that has them. The caller must check the results and raise to roll back when it needs all-or-nothing
+        (or make the specs one linked chain)."""
+        specs = [_check_transfer_spec(s) for s in specs]
+        if not specs:
+            return []
+        return _Batch(self, conn, specs, actor, event_type=event_type, extra=extra).run()
+
+    def create_accounts_in(
+        self, conn: Connection, specs: Sequence[AccountSpec], *, actor: str | None = None
+    ) -> list[Result]:
+        """``create_accounts`` inside the caller's write transaction."""
+        specs = [_check_account_spec(s) for s in specs]
+        if not specs:
+            return []
+        return self._create_accounts(conn, specs, actor)
+
+    def transaction(self, body: Callable[[Connection], Any]) -> Any:
+        """Run ``body(conn)`` in one write transaction, retried (from the start, so ``body`` must be
+        re-runnable) when PostgreSQL reports a concurrent insert of the same key or the batch must re-lock."""
+        return self._retrying(body)
+
     def expire_pending(self, *, limit: int = 10_000, actor: str | None = None) -> list[int]:
         """Release every pending transfer whose timeout has passed (up to ``limit``); returns their ids. One
         transaction, one ``ledger.expired`` event (none when nothing expired)."""
@@ -438,9 +473,19 @@ _DP, _DPO, _CP, _CPO = range(4)
 
 class _Batch:
     def __init__(
-        self, ledger: Ledger, conn: Connection, specs: list[TransferSpec], actor: str | None, *, sweep_limit: int = 0
+        self,
+        ledger: Ledger,
+        conn: Connection,
+        specs: list[TransferSpec],
+        actor: str | None,
+        *,
+        sweep_limit: int = 0,
+        event_type: str = "ledger.transfers",
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.event_type = event_type
+        self.extra = extra or {}
         self.conn = conn
         self.specs = specs
         self.actor = actor
@@ -763,8 +808,8 @@ class _Batch:
                     "user_data": s.user_data,
                 })
             event = self.ledger.journal.append(
-                conn, "ledger.transfers",
-                {"timestamp": self.now, "transfers": items, "expired": [hex_id(i) for i in self.expired]},
+                conn, self.event_type,
+                {**self.extra, "timestamp": self.now, "transfers": items, "expired": [hex_id(i) for i in self.expired]},
                 actor=self.actor,
             )
         else:

@@ -273,8 +273,25 @@ ledger_failures = Table(
     Column("event_seq", BigInteger, nullable=False),
 )
 
+# --- params (royalty.ledger.params) ---------------------------------------------------------------------------
+# Every version of the governed parameters, full set each time; seq = the params.set journal event.
+ledger_params = Table(
+    "ledger_params",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("effective_ms", BigInteger, nullable=False),
+    Column("values_json", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+# --- staking and governance (royalty.ledger.staking, royalty.ledger.governance; migration 0005) ---------------
+APPEND_ONLY_STAKING_GOVERNANCE: tuple[str, ...] = ()
+
+# --- fees and reward epochs (royalty.ledger.fees, royalty.ledger.rewards; migration 0006) ----------------------
+APPEND_ONLY_FEES_REWARDS: tuple[str, ...] = ()
+
 # Tables whose rows may never change or disappear (enforced by triggers in the migrations).
-APPEND_ONLY = (
+APPEND_ONLY = APPEND_ONLY_STAKING_GOVERNANCE + APPEND_ONLY_FEES_REWARDS + (
     "journal_events",
     "journal_nodes",
     "journal_checkpoints",
@@ -284,4 +301,5 @@ APPEND_ONLY = (
     "datanet_version_nodes",
     "ledger_transfers",
     "ledger_failures",
+    "ledger_params",
 )

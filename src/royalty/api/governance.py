@@ -1,0 +1,7 @@
+"""HTTP routes: governance."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["governance"])

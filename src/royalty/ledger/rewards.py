@@ -1,0 +1,16 @@
+"""(Interface fixed here; the implementation is being written.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class Rewards:
+    def __init__(self, store, ledger, tokens,accounts,params, clock: Callable[[], int]) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.tokens = tokens
+        self.accounts = accounts
+        self.params = params
+        self.clock = clock
