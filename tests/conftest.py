@@ -153,9 +153,20 @@ def closing() -> Iterator[Callable[[Node], Node]]:
         node.close()
 
 
+# Genesis Params that make publishing a datanet version free, for tests about datanets rather than fees.
+FREE_PUBLISHING = {"publish_fee_base": 0, "publish_fee_per_1k": 0}
+
+
 @pytest.fixture
-def node(home: Path, database_url: str | None, clock: Clock) -> Iterator[Node]:
-    node, created = royalty.init_node(home, database_url=database_url, clock=clock)
+def genesis_params() -> dict[str, Any]:
+    """Params overrides for the ``node`` fixture's genesis; a test module overrides this fixture to change them
+    (e.g. to ``FREE_PUBLISHING``)."""
+    return {}
+
+
+@pytest.fixture
+def node(home: Path, database_url: str | None, clock: Clock, genesis_params: dict[str, Any]) -> Iterator[Node]:
+    node, created = royalty.init_node(home, database_url=database_url, clock=clock, params=genesis_params)
     assert created
     try:
         yield node

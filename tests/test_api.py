@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from api_server import LiveServer
-from conftest import PG_SKIP_REASON, PgSchemas, pg_base_url
+from conftest import FREE_PUBLISHING, PG_SKIP_REASON, PgSchemas, pg_base_url
 
 import royalty
 from royalty import Node
@@ -34,6 +34,12 @@ from royalty.errors import VerificationFailed
 
 LICENSE = "CC-BY-4.0"
 INVALID_KEY = "rk_0123456789abcdef_" + "A" * 43
+
+
+@pytest.fixture
+def genesis_params() -> dict[str, Any]:
+    """These tests are about datanets: publishing is free here (tests/test_fees.py covers the publishing fee)."""
+    return FREE_PUBLISHING
 
 
 def assert_error(response: httpx.Response, status: int, type_: str, *, field: str | None = None, says: str = "") -> dict[str, Any]:
@@ -107,7 +113,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             pytest.skip(PG_SKIP_REASON)
         schemas = PgSchemas(base)
         url = schemas.new_url()
-    node, _ = royalty.init_node(tmp_path_factory.mktemp("api") / "home", database_url=url)
+    node, _ = royalty.init_node(tmp_path_factory.mktemp("api") / "home", database_url=url, params=FREE_PUBLISHING)
     try:
         keys: dict[str, str | None] = {"anonymous": None, "invalid": INVALID_KEY}
         ids: dict[str, str] = {}

@@ -52,7 +52,8 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
 @pytest.fixture
 def home(tmp_path: Path, capsys: Capsys) -> Path:
     path = tmp_path / "node"
-    code, _, err = run(capsys, "init", "--home", str(path))
+    # Publishing is free on this node: these tests are about datanets (tests/test_fees.py covers the fee).
+    code, _, err = run(capsys, "init", "--home", str(path), "--param", "publish_fee_base=0", "--param", "publish_fee_per_1k=0")
     assert code == 0, err
     for name in ("alice", "bob", "carol"):
         code, _, err = run(capsys, "account", "create", name, "--home", str(path))

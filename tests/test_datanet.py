@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Clock, RawDB
+from conftest import FREE_PUBLISHING, Clock, RawDB
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,6 +35,12 @@ from royalty.journal.merkle import MemoryTree
 from royalty.journal.verify import hash_leaf, verify_inclusion
 
 DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def genesis_params() -> dict[str, Any]:
+    """These tests are about datanets: publishing is free here (tests/test_fees.py covers the publishing fee)."""
+    return FREE_PUBLISHING
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,10 @@ from royalty.journal.checkpoint import Signer
 from royalty.journal.merkle import MemoryTree
 from royalty.journal.verify import verify_consistency, verify_inclusion
 
-GENESIS_EVENTS = 5  # node.genesis + treasury, fees, rewards, operator
+# node.genesis; account.created for treasury, fees, rewards, operator; params.set (the genesis Params);
+# ledger.accounts (the protocol's ledger accounts); ledger.genesis (the genesis supply to the treasury).
+GENESIS_TYPES = ["node.genesis"] + ["account.created"] * 4 + ["params.set", "ledger.accounts", "ledger.genesis"]
+GENESIS_EVENTS = len(GENESIS_TYPES)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -87,7 +90,7 @@ def canonical(value: Any) -> bytes:
 
 def test_genesis_journal(node: Node) -> None:
     events = node.journal.events()
-    assert [e.type for e in events] == ["node.genesis"] + ["account.created"] * 4
+    assert [e.type for e in events] == GENESIS_TYPES
     assert events[0].data["node_id"] == node.node_id
     assert events[0].data["verifier_key"] == node.signer.verifier_key
     latest = node.journal.latest_checkpoint()
@@ -102,15 +105,16 @@ def test_append_assigns_contiguous_seqs_and_canonical_bodies(node: Node, clock: 
         many = node.journal.append_many(
             conn, [("test.many", {"k": i}, None) for i in range(3)] + [("test.many", {}, "acct_2")]
         )
-    assert [one.seq] + [e.seq for e in many] == list(range(GENESIS_EVENTS, GENESIS_EVENTS + 5))
+    g = GENESIS_EVENTS
+    assert [one.seq] + [e.seq for e in many] == list(range(g, g + 5))
     expected = (
         '{"actor":"acct_1","data":{"a":1,"b":"x y","é":["ü",true,null,-7]},'
-        '"seq":5,"ts":1234567,"type":"test.single","v":1}'
+        f'"seq":{g},"ts":1234567,"type":"test.single","v":1}}'
     ).encode()
     assert one.body == expected
     assert b"\xc3\xa9" in one.body  # UTF-8, not \u escapes
-    assert many[0].body == b'{"actor":null,"data":{"k":0},"seq":6,"ts":1234567,"type":"test.many","v":1}'
-    assert many[3].body == b'{"actor":"acct_2","data":{},"seq":9,"ts":1234567,"type":"test.many","v":1}'
+    assert many[0].body == f'{{"actor":null,"data":{{"k":0}},"seq":{g + 1},"ts":1234567,"type":"test.many","v":1}}'.encode()
+    assert many[3].body == f'{{"actor":"acct_2","data":{{}},"seq":{g + 4},"ts":1234567,"type":"test.many","v":1}}'.encode()
     for event in [one, *many]:
         assert event.leaf_hash == hashlib.sha256(b"\x00" + event.body).digest()
         assert canonical(json.loads(event.body)) == event.body
@@ -124,8 +128,8 @@ def test_append_assigns_contiguous_seqs_and_canonical_bodies(node: Node, clock: 
             1_234_567,
         )
     assert node.journal.size() == GENESIS_EVENTS + 5
-    assert [e.seq for e in node.journal.events(type="test.many")] == [6, 7, 8, 9]
-    assert [e.seq for e in node.journal.events(after=6, limit=2)] == [7, 8]
+    assert [e.seq for e in node.journal.events(type="test.many")] == [g + 1, g + 2, g + 3, g + 4]
+    assert [e.seq for e in node.journal.events(after=g + 1, limit=2)] == [g + 2, g + 3]
     with node.store.write() as conn:
         assert node.journal.append_many(conn, []) == []
     assert_matches_reference(node)
@@ -270,13 +274,13 @@ def test_stored_nodes_are_exactly_the_perfect_subtrees(node: Node) -> None:
 # proofs
 # --------------------------------------------------------------------------------------------------------------
 
-BATCHES = (1, 2, 3, 5, 8, 13, 21, 12)  # 65 events after genesis: 70 in all
+BATCHES = (1, 2, 3, 5, 8, 13, 21)  # then one batch up to 70 events in all
 
 
 @pytest.fixture
 def journal70(node: Node) -> tuple[Node, MemoryTree, list[int]]:
     sizes = [GENESIS_EVENTS]
-    for count in BATCHES:
+    for count in (*BATCHES, 70 - GENESIS_EVENTS - sum(BATCHES)):
         append(node, count)
         sizes.append(node.journal.checkpoint().size)
     tree = reference_tree(node)
@@ -347,11 +351,12 @@ def test_checkpoint_note_format(node: Node) -> None:
     append(node, 3)
     checkpoint = node.journal.checkpoint()
     size, root = node.journal.head()
+    expected_size = GENESIS_EVENTS + 3
     match = NOTE.match(checkpoint.note)
     assert match, checkpoint.note
     origin, size_text, root_b64, name, sig_b64 = match.groups()
     assert origin == node.origin == name
-    assert int(size_text) == size == checkpoint.size == 8
+    assert int(size_text) == size == checkpoint.size == expected_size
     assert base64.b64decode(root_b64) == root == checkpoint.root
     blob = base64.b64decode(sig_b64, validate=True)
     assert len(blob) == 4 + 64
@@ -364,7 +369,7 @@ def test_checkpoint_note_format(node: Node) -> None:
     Ed25519PublicKey.from_public_bytes(raw_key[1:]).verify(blob[4:], body)  # raises if bad
     head = open_note(checkpoint.note, keys_of(node))
     assert (head.origin, head.size, head.root) == (node.origin, size, root)
-    assert checkpoint.to_dict() == {"origin": node.origin, "size": 8, "root": root.hex(), "note": checkpoint.note}
+    assert checkpoint.to_dict() == {"origin": node.origin, "size": expected_size, "root": root.hex(), "note": checkpoint.note}
 
 
 def test_checkpoint_is_idempotent_when_nothing_is_new(node: Node) -> None:
@@ -467,8 +472,8 @@ def test_verifier_key_parsing(node: Node) -> None:
 
 @pytest.fixture
 def tamper_journal(node: Node) -> Node:
-    """30 events, checkpoints at 5, 12, 20, 30."""
-    for count in (7, 8, 10):
+    """30 events, checkpoints at GENESIS_EVENTS (8), 12, 20, 30."""
+    for count in (12 - GENESIS_EVENTS, 8, 10):
         append(node, count)
         node.journal.checkpoint()
     assert node.journal.size() == 30

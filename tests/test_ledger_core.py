@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,15 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import royalty
 from conftest import Clock, RawDB
 from royalty import Node
-from royalty.errors import InvalidInput
+from royalty.errors import InvalidInput, NotFound
 from royalty.ledger import AMOUNT_MAX, ID_MAX, AccountFlags, AccountSpec, Asset, Result, TransferFlags, TransferSpec
 from royalty.ledger.codes import TRANSIENT
+from royalty.ledger.core import HISTORY_MARK_EVERY, MAX_BATCH, hex_id, position
 from royalty.store.schema import ledger_accounts, ledger_pending, ledger_transfers
 
 R = Result
@@ -98,6 +100,21 @@ def check_invariants(node: Node) -> None:
     assert all(n == 1 for n in resolutions.values())
     for i, a in accounts.items():
         assert fold[i] == [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted], i
+    check_history_of(node.ledger, accounts, transfers)
+
+
+def check_history_of(ledger: Any, accounts: dict[str, Any], transfers: dict[str, Any]) -> None:
+    """The history chains: each account's version counts its transfers, last_pos is the newest one's position,
+    and history() pages through exactly its transfers in order (a post or void is on its pending's accounts)."""
+    touching: dict[str, list[Any]] = {i: [] for i in accounts}
+    for t in sorted(transfers.values(), key=lambda t: (t.event_seq, t.event_index)):
+        touching[t.debit_account_id].append(t)
+        touching[t.credit_account_id].append(t)
+    for i, a in accounts.items():
+        mine = touching[i]
+        assert a.version == len(mine), i
+        assert a.last_pos == (position(mine[-1].event_seq, mine[-1].event_index) if mine else None), i
+        assert [hex_id(t.id) for t in ledger.history(i, limit=10_000)] == [t.id for t in mine], i
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -452,6 +469,100 @@ def test_history_pages_in_order(funded: Node) -> None:
     assert [t.id for t in funded.ledger.history(OTHER, limit=3)] == [10, 11, 12]
 
 
+def test_history_of_a_long_chain_pages_like_a_full_scan(funded: Node) -> None:
+    """Past several history marks: every page size and cursor (its own transfers', other accounts', failed ones'
+    ids) gives the same pages as a scan of all transfers, and no page reads more than the walk's bound."""
+    L = funded.ledger
+    ok(funded, T(2, SOURCE, OTHER, 10_000))
+    n, tid = 5 * HISTORY_MARK_EVERY + 7, 10
+    for k in range(n):  # batches of 1..5, mixing sides, posts and voids, failures and other accounts
+        batch = []
+        for _ in range(k % 5 + 1):
+            tid += 1
+            batch.append([T(tid, USER, OTHER, 1), T(tid, OTHER, USER, 1), T(tid, SOURCE, OTHER, 1),
+                          T(tid, USER, OTHER, 2, flags=PENDING), T(tid, USER, OTHER, 10**9)][tid % 5])
+            if batch[-1].flags & PENDING:
+                tid += 1
+                batch.append(T(tid, pending_id=tid - 1, flags=POST if tid % 2 else VOID))
+        L.create_transfers(batch)
+    with funded.store.read() as conn:
+        rows = conn.execute(select(ledger_transfers).order_by(ledger_transfers.c.event_seq, ledger_transfers.c.event_index)).all()
+    everything = [int(r.id, 16) for r in rows]
+    for account in (USER, OTHER):
+        mine = [int(r.id, 16) for r in rows if format(account, "032x") in (r.debit_account_id, r.credit_account_id)]
+        assert len(mine) > 4 * HISTORY_MARK_EVERY
+        for limit in (1, 2, HISTORY_MARK_EVERY - 1, HISTORY_MARK_EVERY, HISTORY_MARK_EVERY + 1, 100, 10_000):
+            for cursor in [None, *everything[::9], 301, 304]:  # 301/304: ids that failed (no transfer: NotFound)
+                if cursor in (301, 304) and cursor not in everything:
+                    with pytest.raises(NotFound):
+                        L.history(account, limit=limit, after=cursor)
+                    continue
+                start = 0 if cursor is None else everything.index(cursor) + 1
+                want = [i for i in everything[start:] if i in set(mine)][:limit]
+                assert [t.id for t in L.history(account, limit=limit, after=cursor)] == want, (account, limit, cursor)
+    check_invariants(funded)
+
+
+def test_batch_size_limit(funded: Node) -> None:
+    with pytest.raises(InvalidInput, match="transfers per call"):
+        funded.ledger.create_transfers([T(2, USER, OTHER, 1)] * (MAX_BATCH + 1))
+
+
+def test_migration_0007_links_transfers_written_before_it(tmp_path: Path, database_url: str | None) -> None:
+    """A database at revision 0006 with transfers (three accounts, events of several transfers) gets its history
+    chains, versions and marks from the migration, and ledger_transfers stays append-only."""
+    from alembic import command
+    from alembic.config import Config
+
+    from royalty.store import Store
+    from royalty.store.migrations import SCRIPT_LOCATION, ensure_current
+
+    url = f"sqlite:///{tmp_path / 'old.db'}" if database_url is None else database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    store = Store(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+        with store.write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0006")
+        accounts = [hex_id(a) for a in (1, 2, 3)]
+        order = [(seq, index) for seq in range(5, 5 + 40) for index in range(seq % 3 + 1)]
+        # Transfer k debits account k % 3 and credits one of the other two.
+        rows = [(hex_id(1_000 + k), accounts[k % 3], accounts[(k + 1 + k // 3 % 2) % 3], seq, index)
+                for k, (seq, index) in enumerate(order)]
+        with store.write() as conn:
+            for a in accounts:
+                conn.execute(text("INSERT INTO ledger_accounts (id, ledger, code, flags, debits_pending, debits_posted, "
+                                  "credits_pending, credits_posted, timestamp, created_seq) VALUES (:a, 1, 1, 0, 0, 0, 0, 0, 0, 1)"),
+                             {"a": a})
+            for tid, dr, cr, seq, index in reversed(rows):  # insertion order must not matter
+                conn.execute(text("INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, timeout, "
+                                  "ledger, code, flags, timestamp, event_seq, event_index) "
+                                  "VALUES (:id, :dr, :cr, 1, 0, 1, 1, 0, 0, :s, :i)"),
+                             {"id": tid, "dr": dr, "cr": cr, "s": seq, "i": index})
+        assert ensure_current(store) is True
+        with store.read() as conn:
+            db_accounts = {r.id: r for r in conn.execute(select(ledger_accounts)).all()}
+            db_transfers = {r.id: r for r in conn.execute(select(ledger_transfers)).all()}
+            marks = conn.execute(text("SELECT account_id, pos, version FROM ledger_history_marks ORDER BY account_id, pos")).all()
+        for r in db_transfers.values():
+            for account, prev in ((r.debit_account_id, r.debit_prev), (r.credit_account_id, r.credit_prev)):
+                earlier = [(t.event_seq, t.event_index) for t in db_transfers.values()
+                           if account in (t.debit_account_id, t.credit_account_id) and (t.event_seq, t.event_index) < (r.event_seq, r.event_index)]
+                assert prev == (position(*max(earlier)) if earlier else None)
+        want_marks = []
+        for a in accounts:
+            mine = sorted((t.event_seq, t.event_index) for t in db_transfers.values() if a in (t.debit_account_id, t.credit_account_id))
+            want_marks += [(a, position(*p), v) for v, p in enumerate(mine, 1) if v % HISTORY_MARK_EVERY == 0]
+        assert [tuple(m) for m in marks] == want_marks and want_marks
+        ledger = royalty.ledger.Ledger(store, None, lambda: 0)  # type: ignore[arg-type]  (reads only)
+        check_history_of(ledger, db_accounts, db_transfers)
+        with pytest.raises(Exception, match="append-only"), store.write() as conn:
+            conn.execute(text("UPDATE ledger_transfers SET debit_prev = NULL"))
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("table", ["ledger_transfers", "ledger_failures"])
 def test_append_only_ledger_tables(ledger_node: Node, raw_db: RawDB, table: str) -> None:
     before = raw_db.all(f"SELECT * FROM {table} ORDER BY id")
@@ -498,6 +609,119 @@ def test_concurrent_writers_on_hot_accounts(funded: Node) -> None:
     assert not errors, errors
     assert sum(bal(funded, SOURCE)[1:2]) == 100 + 1_000 + 100
     check_invariants(funded)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# group commit
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _HeldWriter:
+    """Blocks the node's writers from outside, as another process would: SQLite's write lock (BEGIN IMMEDIATE) or,
+    on PostgreSQL, the journal head row, which every ledger transaction locks."""
+
+    def __init__(self, raw_db: RawDB) -> None:
+        self.raw_db = raw_db
+
+    def __enter__(self) -> _HeldWriter:
+        if self.raw_db.backend == "sqlite":
+            self.raw_db.execute("BEGIN IMMEDIATE")
+        else:
+            self.raw_db.execute("BEGIN")
+            self.raw_db.execute("SELECT size FROM journal_head FOR UPDATE")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw_db.execute("COMMIT")
+
+
+def _submit_while_held(node: Node, raw_db: RawDB, calls: list[list[TransferSpec]]) -> list[Any]:
+    """Start one thread per call while the writers are held, wait until all but the first (the leader, blocked in
+    its own transaction) are queued, release, and return each call's results or exception."""
+    answers: list[Any] = [None] * len(calls)
+
+    def work(k: int) -> None:
+        try:
+            answers[k] = node.ledger.create_transfers(calls[k])
+        except Exception as exc:  # noqa: BLE001
+            answers[k] = exc
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(calls))]
+    with _HeldWriter(raw_db):
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not node.ledger._leading:  # the leader took its call and is waiting for the database
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for t in threads[1:]:
+            t.start()
+        while len(node.ledger._queue) < len(calls) - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_group_commit_shares_a_transaction_but_keeps_calls_apart(funded: Node, raw_db: RawDB) -> None:
+    """Calls that queue behind a commit go in one transaction (one journal timestamp), each with its own event,
+    results and chains: a failed chain in one call and an open chain ending another leave the rest alone."""
+    ok(funded, T(2, SOURCE, OTHER, 1_000))
+    size = funded.journal.size()
+    calls = [[T(100 + k, OTHER, USER, 1)] for k in range(6)]
+    calls[2] = [T(200, OTHER, USER, 5, flags=LINKED), T(201, USER, OTHER, 10**6)]  # fails together
+    calls[3] = [T(300, OTHER, USER, 1), T(301, OTHER, USER, 1, flags=LINKED)]  # open at the end of its call
+    calls[4] = [T(400, OTHER, USER, 1), T(400, OTHER, USER, 1), T(100, OTHER, USER, 1)]  # duplicates
+    answers = _submit_while_held(funded, raw_db, calls)
+    by_first_id = {c[0].id: a for c, a in zip(calls, answers, strict=True)}
+    assert by_first_id[200] == [R.linked_event_failed, R.exceeds_credits]
+    assert by_first_id[300] == [R.ok, R.linked_event_chain_open]
+    assert by_first_id[400][:2] == [R.ok, R.exists] and by_first_id[400][2] in (R.ok, R.exists)
+    assert all(a == [R.ok] for k, a in by_first_id.items() if k not in (200, 300, 400))
+
+    events = funded.journal.events(after=size - 1, limit=100)
+    assert len(events) == len(calls)  # one event per call
+    # The first call committed alone; the five that queued behind it share one transaction (one clock reading).
+    assert len({e.ts_ms for e in events[1:]}) == 1 and events[0].ts_ms != events[1].ts_ms
+    seen: dict[int, list[str]] = {}
+    for e in events:
+        ids = [int(item["id"], 16) for item in e.data["transfers"]]
+        seen[ids[0]] = [item["result"] for item in e.data["transfers"]]
+        assert ids in [[s.id for s in c] for c in calls]
+    assert seen == {c[0].id: [r.value for r in a] for c, a in zip(calls, answers, strict=True)}
+    # Each created transfer carries its own call's event and its position there.
+    (t300,) = funded.ledger.lookup_transfers([300])
+    assert (t300.event_seq, t300.event_index) == (next(e.seq for e in events if e.data["transfers"][0]["id"] == hex_id(300)), 0)
+    check_invariants(funded)
+
+
+def test_group_commit_error_reaches_only_its_caller(funded: Node, raw_db: RawDB) -> None:
+    """A call that breaks the group's transaction (its user_data cannot be journaled) gets the error; the others
+    are committed anyway, each on its own."""
+    calls = [[T(10 + k, USER, OTHER, 1)] for k in range(4)]
+    calls[2] = [T(20, USER, OTHER, 1, user_data="\ud800")]  # a lone surrogate is not UTF-8
+    answers = _submit_while_held(funded, raw_db, calls)
+    assert isinstance(answers[2], InvalidInput)
+    assert [answers[k] for k in (0, 1, 3)] == [[R.ok]] * 3
+    assert funded.ledger.lookup_transfers([20]) == [] and len(funded.ledger.lookup_transfers([10, 11, 13])) == 3
+    check_invariants(funded)
+
+
+def test_group_commit_off_gives_each_call_its_transaction(funded: Node, raw_db: RawDB) -> None:
+    funded.ledger.group_commit = False
+    size = funded.journal.size()
+    calls = [[T(10 + k, USER, OTHER, 1)] for k in range(4)]
+    answers: list[Any] = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(funded.ledger.create_transfers(c))) for c in calls]
+    with _HeldWriter(raw_db):
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert answers == [[R.ok]] * 4
+    events = funded.journal.events(after=size - 1, limit=100)
+    assert len({e.ts_ms for e in events}) == 4
 
 
 # --------------------------------------------------------------------------------------------------------------

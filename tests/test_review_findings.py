@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from api_server import LiveServer
-from conftest import RawDB
+from conftest import FREE_PUBLISHING, RawDB
 
 from royalty import Node
 from royalty.api import create_app
@@ -28,6 +28,12 @@ from royalty.datanet import dedup, verify_proof
 from royalty.errors import Conflict, InvalidInput, NotFound, VerificationFailed
 
 LICENSE = "CC-BY-4.0"
+
+
+@pytest.fixture
+def genesis_params() -> dict[str, Any]:
+    """These tests are about datanets: publishing is free here (tests/test_fees.py covers the publishing fee)."""
+    return FREE_PUBLISHING
 
 
 def person(node: Node, name: str) -> str:
@@ -396,7 +402,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def cli_home(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     home = tmp_path / "node"
-    assert run(capsys, "init", "--home", str(home))[0] == 0
+    assert run(capsys, "init", "--home", str(home), "--param", "publish_fee_base=0", "--param", "publish_fee_per_1k=0")[0] == 0
     code, _, err = run(
         capsys, "datanet", "create", "corpus", "--title", "C", "--kind", "text", "--license", LICENSE, "--policy", "open",
         "--limit", "max_file_bytes=100", "--home", str(home),

@@ -84,6 +84,8 @@ def _story(home: Path, say: Say) -> None:
         say("\n== 4. ben reviews the queue and publishes version 1")
         queue = node.datanets.queue(datanet.slug, actor="ben")
         node.datanets.review(datanet.slug, actor="ben", accept=[c.id for c in queue])
+        # Publishing costs a protocol fee (Params.publish_fee), paid to the treasury: the operator funds ben first.
+        node.tokens.faucet("ben", 10 * 10**6, actor=node.operator())
         version = node.datanets.publish(datanet.slug, actor="ben")
         say(f"   accepted {len(queue)}; version {version.number}: {version.size} contributions, root {version.root.hex()[:16]}…")
 

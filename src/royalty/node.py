@@ -29,12 +29,13 @@ from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
 from .ledger import Ledger
+from .ledger.audit import AuditReport, audit_ledger
 from .ledger.fees import Fees
 from .ledger.governance import Governance
 from .ledger.params import ParamsRegistry, build_params
 from .ledger.rewards import Rewards
 from .ledger.staking import Staking
-from .ledger.tokens import DEFAULT_GENESIS_SUPPLY, Tokens
+from .ledger.tokens import DEFAULT_GENESIS_SUPPLY, Tokens, check_genesis_supply
 from .settings import Settings, load_settings
 from .store import BlobStore, Store
 from .store.migrations import ensure_current
@@ -97,6 +98,7 @@ class Node:
         self.governance = Governance(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
         self.fees = Fees(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
         self.rewards = Rewards(store, self.ledger, self.tokens, self.accounts, self.params, clock)
+        self.datanets.fees = self.fees  # publishing a datanet version charges the publishing fee
 
     @property
     def info(self) -> NodeInfo:
@@ -105,6 +107,10 @@ class Node:
     def operator(self) -> str:
         """The id of the operator account (admin), the actor for CLI commands run on this home."""
         return self.accounts.get(OPERATOR).id
+
+    def ledger_audit(self) -> AuditReport:
+        """Replay the journal into an independent ledger and check it against the database (``ledger/audit.py``)."""
+        return audit_ledger(self)
 
     def close(self) -> None:
         self.store.close()
@@ -136,6 +142,7 @@ def init_node(
     is written.
     """
     genesis_params = build_params(params or {})
+    check_genesis_supply(supply, genesis_params.supply_cap)
     settings = load_settings(home, database_url)
     root = settings.home
     if (root / NODE_FILE).exists():

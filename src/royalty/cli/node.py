@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from ..demo import run_demo
+from ..ledger.amounts import format_amount, parse_amount
+from ..ledger.params import Params, parse_param_assignments
+from ..ledger.tokens import DEFAULT_GENESIS_SUPPLY
 from ..node import init_node
 from ._common import HomeOption, JsonOption, emit, node_at
 
@@ -27,10 +30,28 @@ def init(
     origin: Annotated[
         str | None, typer.Option("--origin", help="The journal's origin line (default royalty.local/NODE_ID).", show_default=False)
     ] = None,
+    supply: Annotated[
+        str,
+        typer.Option("--supply", help="OPEN issued to the treasury at genesis (decimal, e.g. 1000000000)."),
+    ] = format_amount(DEFAULT_GENESIS_SUPPLY),
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help=f"A governed parameter at genesis, KEY=VALUE (integers); repeatable. Keys: {', '.join(Params.model_fields)}.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a node: database, blob store, signing key and genesis. Safe to run twice."""
-    node, created = init_node(home, database_url=database_url, origin=origin)
+    """Create a node: database, blob store, signing key and genesis. Safe to run twice.
+
+    Genesis issues --supply OPEN to the treasury and sets the governed Params (defaults, changed by --param);
+    afterwards only governance changes either. On a node that exists already, nothing changes.
+    """
+    units = parse_amount(supply, "supply", allow_zero=True)
+    overrides = parse_param_assignments(param or [])
+    node, created = init_node(home, database_url=database_url, origin=origin, supply=units, params=overrides)
     with node:
         info = node.info.to_dict() | {"created": created}
         verb = "initialised" if created else "already initialised; nothing changed"

@@ -216,6 +216,8 @@ class Datanets:
         self.clock = clock
         self._indexes: dict[str, dedup.NearDuplicateIndex] = {}
         self._journal_proofs: dict[tuple[int, int], dict[str, Any]] = {}  # see versions._journal_proof
+        # The node's Fees service (set by the Node): publish charges the publishing fee in its own transaction.
+        self.fees: Any = None
 
     # --- create and roles --------------------------------------------------------------------------------------
 

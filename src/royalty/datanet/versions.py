@@ -62,7 +62,8 @@ class DatanetVersion:
 
 def publish(svc: Datanets, datanet: str, *, actor: str) -> DatanetVersion:
     """Publish the next version of ``datanet`` (owner only). Refuses when nothing is accepted or nothing
-    changed since the latest version."""
+    changed since the latest version. The owner pays the publishing fee (``Params.publish_fee``) in the same
+    transaction; InsufficientFunds when they cannot, and then nothing is published."""
     dn = svc.get(datanet)
     owner = svc._require_owner(dn, actor, "publish versions")
     with svc.store.write() as conn:
@@ -107,6 +108,10 @@ def publish(svc: Datanets, datanet: str, *, actor: str) -> DatanetVersion:
             "contributors": len(by_contributor),
             "by_contributor": dict(sorted(by_contributor.items(), key=lambda kv: (-kv[1], kv[0]))),
         }
+        if svc.fees is not None:
+            # Before the journal event: ledger accounts are locked before the journal head (the core's order).
+            # InsufficientFunds here rolls the whole publish back: no version, no event.
+            svc.fees.charge_publish_fee_in(conn, owner.id, dn.id, number, len(members), actor=owner.id)
         event = svc.journal.append(
             conn,
             "datanet.published",

@@ -43,7 +43,7 @@ def _check(value: Any, path: str) -> None:
             if type(key) is not str:
                 raise InvalidInput(f"{path}: object keys must be strings, got {type(key).__name__}", field=path)
             item_kind = type(item)
-            if item_kind is str or (item_kind is int and _INT_MIN <= item <= _INT_MAX):
+            if item_kind is str or item is None or (item_kind is int and _INT_MIN <= item <= _INT_MAX):
                 continue
             _check(item, f"{path}.{key}")
         return

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, insert, select, text, update
+from sqlalchemy import Connection, TextClause, insert, select, text
 
 from ..errors import InvalidInput, NotFound, VerificationFailed
 from ..store import Store
@@ -129,15 +129,17 @@ class Journal:
         insert_rows(conn, "journal_events", ("seq", "type", "body", "leaf_hash"), event_rows)
         if node_rows:
             insert_rows(conn, "journal_nodes", ("level", "idx", "hash"), node_rows)
-        conn.execute(update(journal_head).where(journal_head.c.id == 1).values(size=border.size, root=border.root()))
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"UPDATE journal_head SET size = {mark}, root = {mark} WHERE id = 1", (border.size, border.root()))
         self._border = border
         return events
 
     def _lock_head(self, conn: Connection) -> tuple[int, bytes]:
-        row = conn.execute(
-            select(journal_head.c.size, journal_head.c.root).where(journal_head.c.id == 1).with_for_update()
-        ).one()
-        return int(row.size), bytes(row.root)
+        # Plain SQL: building the SQLAlchemy expressions here and for the head UPDATE cost ~0.2 ms per append,
+        # more than the rest of a one-transfer ledger transaction (profiled for issue 4).
+        lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+        size, root = conn.exec_driver_sql(f"SELECT size, root FROM journal_head WHERE id = 1{lock}").one()
+        return int(size), bytes(root)
 
     def _border_for(self, conn: Connection, size: int, root: bytes) -> merkle.CompactRange:
         cached = self._border

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
 from ..errors import InvalidInput
 from ..journal.log import Journal
@@ -26,6 +26,7 @@ from .amounts import UNIT
 from .codes import AMOUNT_MAX
 
 DAY = 86_400
+_PARAMS_LOCK_KEY = 0x706172616D73  # "params"
 BPS = 10_000
 
 
@@ -156,6 +157,9 @@ class ParamsRegistry:
         """Apply ``changes`` (validated against the whole set) in the caller's transaction; journals ``params.set``.
 
         Only genesis and governance's execute call this: there is no other way to change the rules."""
+        if conn.dialect.name == "postgresql":
+            # Read-modify-append: two concurrent calls must not both build on the same version (a lost update).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PARAMS_LOCK_KEY})
         new = self.current_in(conn).with_changes(changes)
         values = new.model_dump()
         now = self.clock()

@@ -104,6 +104,15 @@ def _uuid7_int() -> int:
     return (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
 
 
+def check_genesis_supply(supply: int, cap: int) -> None:
+    """Raise InvalidInput unless ``supply`` (base units) is a valid genesis supply under ``cap``."""
+    if type(supply) is not int or supply < 0:
+        raise InvalidInput("the genesis supply must be a non-negative number of base units", field="supply")
+    if supply > cap:
+        raise InvalidInput(f"the genesis supply {format_amount(supply)} OPEN exceeds the supply cap "
+                           f"{format_amount(cap)} OPEN; lower --supply or raise --param supply_cap", field="supply")
+
+
 def raise_for(result: Result, what: str, *, field: str | None = None) -> None:
     """Turn a failed result into the matching error (InsufficientFunds for exceeds_credits)."""
     if result.succeeded:
@@ -129,12 +138,7 @@ class Tokens:
 
     def genesis_in(self, conn: Connection, supply: int) -> None:
         """Create the protocol's ledger accounts and issue ``supply`` to the treasury. Part of node genesis."""
-        if type(supply) is not int or supply < 0:
-            raise InvalidInput("the genesis supply must be a non-negative number of base units", field="supply")
-        cap = self.params.current_in(conn).supply_cap
-        if supply > cap:
-            raise InvalidInput(f"the genesis supply {format_amount(supply)} exceeds the supply cap {format_amount(cap)}",
-                               field="supply")
+        check_genesis_supply(supply, self.params.current_in(conn).supply_cap)
         specs = []
         for code, (asset, flags, owner_name) in SYSTEM_LEDGER_ACCOUNTS.items():
             owner = self.accounts.get_in(conn, owner_name).id
@@ -222,6 +226,16 @@ class Tokens:
         items.sort(key=lambda h: (h.transfer.event_seq, h.transfer.event_index, h.direction))
         return items[:limit]
 
+    def history_page(self, ref: str, *, limit: int = 100, after: Any = None) -> tuple[list[HistoryItem], bool]:
+        """One page of ``history`` and whether more follows. A transfer between two of the participant's own
+        accounts (a stake) is two items; a page never ends between them, so paging on with ``after`` = the last
+        item's transfer id loses nothing (such a page holds limit + 1 items)."""
+        items = self.history(ref, limit=limit + 2, after=after)
+        page = items[:limit]
+        if len(items) > limit and page and items[limit].transfer.id == page[-1].transfer.id:
+            page = items[: limit + 1]
+        return page, len(items) > len(page)
+
     # --- moving OPEN -------------------------------------------------------------------------------------------
 
     def transfer(self, payer: str, payee: str, amount: int, *, actor: str, id: Any = None,
@@ -242,15 +256,17 @@ class Tokens:
                             amount, ledger=int(Asset.OPEN), code=int(TransferCode.TRANSFER), user_data=memo)
         return self._one(spec, [src.id, dst.id], who.id, f"transfer of {format_amount(amount)} OPEN")
 
-    def faucet(self, ref: str, amount: int, *, actor: str, id: Any = None) -> tuple[Transfer, Result]:
-        """An admin-only grant of ``amount`` from the treasury to ``ref`` (for demos and tests)."""
+    def faucet(self, ref: str, amount: int, *, actor: str, id: Any = None,
+               memo: str | None = None) -> tuple[Transfer, Result]:
+        """An admin-only grant of ``amount`` from the treasury to ``ref`` (for demos and tests); ``id`` makes it
+        idempotent as in ``transfer``; ``memo`` is kept as the transfer's user_data."""
         who = self.accounts.get(actor)
         if not who.is_admin:
             raise PermissionDenied("only an admin may use the faucet", field="actor")
         dst = self.participant(ref)
         tid = new_transfer_id() if id is None else parse_id(id, "id")
         spec = TransferSpec(tid, system_account_id(AccountCode.TREASURY), account_id(AccountCode.AVAILABLE, dst.id),
-                            amount, ledger=int(Asset.OPEN), code=int(TransferCode.FAUCET))
+                            amount, ledger=int(Asset.OPEN), code=int(TransferCode.FAUCET), user_data=memo)
         return self._one(spec, [dst.id], who.id, f"faucet grant of {format_amount(amount)} OPEN")
 
     def pay_in(self, conn: Connection, payer: str, amount: int, *, code: TransferCode, id: int, actor: str | None,

@@ -221,6 +221,10 @@ ledger_accounts = Table(
     Column("credits_posted", BigInteger, nullable=False),
     Column("timestamp", BigInteger, nullable=False),  # ledger clock, ms
     Column("created_seq", BigInteger, nullable=False),  # the journal event that created it
+    # History chain (migration 0007): how many transfers touched the account, and the position
+    # (event_seq << 20 | event_index) of the newest; each transfer row points to the previous one.
+    Column("version", BigInteger, nullable=False, server_default="0"),
+    Column("last_pos", BigInteger, nullable=True),
 )
 
 # Immutable. Post/void transfers carry the pending transfer's accounts, ledger and code and the amount moved.
@@ -242,9 +246,11 @@ ledger_transfers = Table(
     Column("timestamp", BigInteger, nullable=False),  # ledger clock, ms
     Column("event_seq", BigInteger, nullable=False),
     Column("event_index", Integer, nullable=False),
+    # Position of the previous transfer of the debit / credit account (NULL: its first). No index per account:
+    # history walks these chains (royalty.ledger.core, migration 0007).
+    Column("debit_prev", BigInteger, nullable=True),
+    Column("credit_prev", BigInteger, nullable=True),
     Index("ix_ledger_transfers_order", "event_seq", "event_index", unique=True),
-    Index("ix_ledger_transfers_debit", "debit_account_id", "event_seq", "event_index"),
-    Index("ix_ledger_transfers_credit", "credit_account_id", "event_seq", "event_index"),
 )
 
 # The state of every pending transfer. A row changes once, from 'pending' to posted/voided/expired, and never
@@ -273,6 +279,17 @@ ledger_failures = Table(
     Column("event_seq", BigInteger, nullable=False),
 )
 
+# Every 32nd transfer of each account (version = 32, 64, ...): where history starts walking an account's chain.
+# Derived from ledger_transfers, never changed.
+ledger_history_marks = Table(
+    "ledger_history_marks",
+    metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("pos", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
 # --- params (royalty.ledger.params) ---------------------------------------------------------------------------
 # Every version of the governed parameters, full set each time; seq = the params.set journal event.
 ledger_params = Table(
@@ -285,10 +302,224 @@ ledger_params = Table(
 )
 
 # --- staking and governance (royalty.ledger.staking, royalty.ledger.governance; migration 0005) ---------------
-APPEND_ONLY_STAKING_GOVERNANCE: tuple[str, ...] = ()
+# staking: the mutable rows are locked FOR UPDATE in this order: staking_state → one staking_stakers row →
+# staking_delegates rows (ascending id) → ledger accounts (the core) → journal head.
+# The single row (id 1) of staking-wide state: total staked (= total gOPEN), the stakers' reward-per-token
+# accumulator (a decimal string: amount x 1e18 / total can pass 2^63) and the total allocated by distribute_in.
+staking_state = Table(
+    "staking_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("total_staked", BigInteger, nullable=False),
+    Column("reward_per_token", Text, nullable=False),
+    Column("distributed", BigInteger, nullable=False),
+)
+
+# One row per participant who ever staked or delegated. staked mirrors the STAKED ledger account (the voting
+# units); cooldown_budget is the Aave v1.5 redeem budget (0 and start NULL: no cooldown); reward_paid_rpt and
+# rewards_stored are the Synthetix per-staker snapshot; claims counts claims (the derived claim transfer id).
+staking_stakers = Table(
+    "staking_stakers",
+    metadata,
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("staked", BigInteger, nullable=False),
+    Column("delegatee_id", String(40), ForeignKey("accounts.id"), nullable=True, index=True),
+    Column("cooldown_start_ms", BigInteger, nullable=True),
+    Column("cooldown_budget", BigInteger, nullable=False),
+    Column("reward_paid_rpt", Text, nullable=False),
+    Column("rewards_stored", BigInteger, nullable=False),
+    Column("claims", BigInteger, nullable=False),
+    Column("updated_seq", BigInteger, nullable=False),
+)
+
+# Current voting power per delegatee (Σ staked of the participants delegating to it); the row is also the lock
+# that serialises changes to its checkpoint history.
+staking_delegates = Table(
+    "staking_delegates",
+    metadata,
+    Column("delegatee_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("votes", BigInteger, nullable=False),
+    Column("updated_seq", BigInteger, nullable=False),
+)
+
+# Append-only ERC20Votes checkpoints: the value from timepoint_ms on (ledger clock); several in one ms are kept
+# and the one with the highest event_seq (the journal event that made it) wins. The primary key is the lookup
+# index of get_past_votes: (delegatee, timepoint) → the last row at or before it.
+staking_vote_checkpoints = Table(
+    "staking_vote_checkpoints",
+    metadata,
+    Column("delegatee_id", String(40), primary_key=True),
+    Column("timepoint_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("votes", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+staking_supply_checkpoints = Table(
+    "staking_supply_checkpoints",
+    metadata,
+    Column("timepoint_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("supply", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# governance: proposals, votes and lifecycle marks, all append-only. A proposal's state is derived from the clock
+# and these rows (royalty.ledger.governance), never stored as a mutable status.
+gov_proposals = Table(
+    "gov_proposals",
+    metadata,
+    Column("id", String(24), primary_key=True),  # "prop_" + 16 hex digits
+    Column("proposer_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("description_hash", String(64), nullable=False),
+    Column("actions_json", Text, nullable=False),  # canonical JSON of the normalised actions
+    Column("threshold", BigInteger, nullable=False),  # the proposal threshold in force when proposed
+    Column("created_ms", BigInteger, nullable=False),
+    Column("snapshot_ms", BigInteger, nullable=False),
+    Column("deadline_ms", BigInteger, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),  # the gov.propose journal event
+    Index("ix_gov_proposals_order", "created_seq", unique=True),
+)
+
+# One vote per (proposal, voter): the primary key refuses a second one.
+gov_votes = Table(
+    "gov_votes",
+    metadata,
+    Column("proposal_id", String(24), ForeignKey("gov_proposals.id"), primary_key=True),
+    Column("voter_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("support", SmallInteger, nullable=False),  # 0 against, 1 for, 2 abstain
+    Column("weight", BigInteger, nullable=False),  # get_past_votes(voter, snapshot)
+    Column("reason", Text, nullable=True),
+    Column("cast_ms", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # the gov.vote journal event
+)
+
+# At most one row per (proposal, kind): kind is queued | executed | canceled. eta_ms and expires_ms (eta + the
+# grace period in force when queued) only on queued rows.
+gov_transitions = Table(
+    "gov_transitions",
+    metadata,
+    Column("proposal_id", String(24), ForeignKey("gov_proposals.id"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("actor_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("eta_ms", BigInteger, nullable=True),
+    Column("expires_ms", BigInteger, nullable=True),
+    Column("seq", BigInteger, nullable=False),  # the gov.queue / gov.execute / gov.cancel journal event
+)
+
+APPEND_ONLY_STAKING_GOVERNANCE: tuple[str, ...] = (
+    "staking_vote_checkpoints",
+    "staking_supply_checkpoints",
+    "gov_proposals",
+    "gov_votes",
+    "gov_transitions",
+)
 
 # --- fees and reward epochs (royalty.ledger.fees, royalty.ledger.rewards; migration 0006) ----------------------
-APPEND_ONLY_FEES_REWARDS: tuple[str, ...] = ()
+# One row per settled inference fee: who paid what for which receipt and adapter, and how it was split. The legs'
+# transfer ids are derived from request_id, so the rows and the ledger can be checked against each other (audit).
+# params_seq: the ledger_params version whose split was applied; fingerprint: SHA-256 of the settle call's
+# arguments, so a retry with different arguments is refused instead of answered with the first outcome.
+fee_settlements = Table(
+    "fee_settlements",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("receipt_id", String(128), nullable=True),
+    Column("adapter_id", String(128), nullable=True),
+    Column("payer_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("owner_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("treasury", BigInteger, nullable=False),
+    Column("owner_amount", BigInteger, nullable=False),
+    Column("stakers", BigInteger, nullable=False),
+    Column("contributors", BigInteger, nullable=False),
+    Column("dust", BigInteger, nullable=False),
+    Column("params_seq", BigInteger, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("settled_ms", BigInteger, nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+)
+
+# The participants a settlement paid: the adapter owner (role 'owner') and every contributor with a weight > 0
+# (role 'contributor'; amount 0 and no transfer when the floor share rounds to nothing). ``earnings`` reads these.
+fee_settlement_legs = Table(
+    "fee_settlement_legs",
+    metadata,
+    Column("request_id", String(128), ForeignKey("fee_settlements.request_id"), primary_key=True),
+    Column("role", String(16), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("weight", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("transfer_id", String(32), nullable=True),
+    Column("event_seq", BigInteger, nullable=False),
+    Index("ix_fee_settlement_legs_account", "account_id", "event_seq"),
+)
+
+# Reward epochs: open (being funded) → frozen (weights fixed, weights_root journaled) → distributed. The only
+# table of this section whose rows change, and only forward (a trigger refuses changes to a distributed epoch
+# and every DELETE).
+reward_epochs = Table(
+    "reward_epochs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("state", String(12), nullable=False),  # open | frozen | distributed
+    Column("created_ms", BigInteger, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+    Column("funded", BigInteger, nullable=True),  # fixed at freeze: the pool's balance then
+    Column("total_weight", BigInteger, nullable=True),
+    Column("weights_root", LargeBinary(32), nullable=True),
+    Column("frozen_ms", BigInteger, nullable=True),
+    Column("frozen_seq", BigInteger, nullable=True),
+    Column("paid", BigInteger, nullable=True),
+    Column("dust", BigInteger, nullable=True),
+    Column("distributed_ms", BigInteger, nullable=True),
+    Column("distributed_seq", BigInteger, nullable=True),
+)
+
+reward_epoch_fundings = Table(
+    "reward_epoch_fundings",
+    metadata,
+    Column("transfer_id", String(32), primary_key=True),
+    Column("epoch_id", String(40), ForeignKey("reward_epochs.id"), nullable=False, index=True),
+    Column("source", String(16), nullable=False),  # reward_pool | dust | treasury
+    Column("amount", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+)
+
+# The frozen weights; position = leaf index in the weights tree (accounts in ascending id order).
+reward_epoch_weights = Table(
+    "reward_epoch_weights",
+    metadata,
+    Column("epoch_id", String(40), ForeignKey("reward_epochs.id"), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("weight", BigInteger, nullable=False),
+)
+
+reward_epoch_payouts = Table(
+    "reward_epoch_payouts",
+    metadata,
+    Column("epoch_id", String(40), ForeignKey("reward_epochs.id"), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("weight", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("transfer_id", String(32), nullable=True),  # NULL when the floor share is 0
+    Column("event_seq", BigInteger, nullable=False),
+    Index("ix_reward_epoch_payouts_account", "account_id", "event_seq"),
+)
+
+APPEND_ONLY_FEES_REWARDS: tuple[str, ...] = (
+    "fee_settlements",
+    "fee_settlement_legs",
+    "reward_epoch_fundings",
+    "reward_epoch_weights",
+    "reward_epoch_payouts",
+)
 
 # Tables whose rows may never change or disappear (enforced by triggers in the migrations).
 APPEND_ONLY = APPEND_ONLY_STAKING_GOVERNANCE + APPEND_ONLY_FEES_REWARDS + (
