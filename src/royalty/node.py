@@ -176,7 +176,7 @@ def init_node(
             identity = {"node_id": node_id, "origin": origin or f"royalty.local/{node_id}"}
             signer = _make_signer(identity["origin"], key)
             node = Node(settings, identity, signer, store, clock)
-            _genesis(node, supply, genesis_params.model_dump())
+            _genesis(node, supply, dict(params or {}))
         identity_file: dict[str, Any] = {"format": NODE_FORMAT, **identity}
         if settings.database_url:
             identity_file["database_url"] = settings.database_url
@@ -230,7 +230,7 @@ def open_node(
 
 
 def _genesis(node: Node, supply: int, params: dict[str, Any]) -> None:
-    """Record the node's identity, create the protocol's accounts, set the genesis Params and issue the genesis
+    """Record the node's identity, create the protocol's accounts, set the genesis Params (``params``: overrides of the defaults) and issue the genesis
     supply to the treasury, in one transaction; journal event 0 is ``node.genesis``."""
     with node.store.write() as conn:
         conn.execute(

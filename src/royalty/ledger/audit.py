@@ -594,6 +594,10 @@ _ISSUING_CODES = {_ISSUANCE: {int(TransferCode.GENESIS), int(TransferCode.MINT)}
                   _GOPEN_ISSUANCE: {int(TransferCode.GOPEN_MINT)}}
 
 
+# A created transfer as the comparison needs it: (seq, index, id, debit_prev, credit_prev).
+_Created = tuple[int, int, str, int | None, int | None]
+
+
 def _replay(conn: Connection, model: _Model, report: AuditReport) -> None:
     last_seq = -1
     for page in _journal_pages(conn):
@@ -673,9 +677,6 @@ def _apply_event(model: _Model, report: AuditReport, seq: int, type_: str, data:
         if burnt is not None and burnt[1] == seq:
             new_failures[e.id] = burnt
 
-
-# A created transfer as the comparison needs it: (seq, index, id, debit_prev, credit_prev).
-_Created = tuple[int, int, str, int | None, int | None]
 
 _SELECT_TRANSFERS = (
     "SELECT event_seq, event_index, id, debit_account_id, credit_account_id, amount, pending_id, timeout, ledger, code, "
