@@ -23,6 +23,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/journal.py
 	$(PY) benchmarks/datanet.py
 	$(PY) benchmarks/ledger.py
+	$(PY) benchmarks/fees.py
+	$(PY) benchmarks/ledger_verify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work
