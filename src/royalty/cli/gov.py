@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from ..errors import InvalidInput
 from ..ledger.amounts import format_amount
 from ..ledger.governance import Proposal, parse_edge_actions
 from ..ledger.params import parse_param_assignments
+from ..ledger.staking import format_time
 from ..node import Node
 from ._common import HomeOption, JsonOption, emit, node_at, read_json_document, table
 
@@ -190,8 +190,7 @@ def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    stamp = dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_time(ms)
 
 
 def _name(node: Node, account: str) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..ledger.amounts import amount_json, format_amount, parse_amount
-from ..ledger.staking import StakerState, StakingReceipt
+from ..ledger.staking import StakerState, StakingReceipt, format_time
 from ._common import HomeOption, JsonOption, emit, node_at
 
 AccountArg = Annotated[str, typer.Argument(help="The participant who acts (name or acct_… id).")]
@@ -30,7 +30,7 @@ def _state_text(s: StakerState) -> str:
     ]
     if s.cooldown_start_ms is not None:
         lines.append(f"cooldown    {s.cooldown_status}: budget {format_amount(s.cooldown_budget)} OPEN, redeem from "
-                     f"{s.redeem_opens_ms} to {s.redeem_closes_ms} (ms)")
+                     f"{format_time(s.redeem_opens_ms)} to {format_time(s.redeem_closes_ms)}")
     return "\n".join(lines)
 
 

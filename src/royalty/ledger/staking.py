@@ -74,7 +74,8 @@ RPT_SCALE = 10**18  # reward_per_token is in 1e-18 base units of OPEN per base u
 _LINKED = int(TransferFlags.LINKED)
 
 
-def _iso(ms: int) -> str:
+def format_time(ms: int) -> str:
+    """Ledger ms as an ISO 8601 UTC time with milliseconds, e.g. 2026-12-09T13:51:11.378Z (CLI and messages)."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
@@ -685,10 +686,10 @@ class Staking:
         opens = row.cooldown_start_ms + p.stake_cooldown_s * 1000
         closes = opens + p.stake_unstake_window_s * 1000
         if now < opens:
-            raise Conflict(f"the cooldown of {who.name} is still running: redeem opens at {_iso(opens)} (in "
-                           f"{-(-(opens - now) // 1000)} s) and closes at {_iso(closes)}", field="account")
+            raise Conflict(f"the cooldown of {who.name} is still running: redeem opens at {format_time(opens)} (in "
+                           f"{-(-(opens - now) // 1000)} s) and closes at {format_time(closes)}", field="account")
         if now > closes:
-            raise Conflict(f"the unstake window of {who.name} closed at {_iso(closes)}; start a new cooldown with "
+            raise Conflict(f"the unstake window of {who.name} closed at {format_time(closes)}; start a new cooldown with "
                            f"'royalty cooldown {who.name}'", field="account")
         if amount > row.cooldown_budget:
             raise Conflict(f"amount {format_amount(amount)} exceeds the redeem budget of {who.name}, "
