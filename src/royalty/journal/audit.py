@@ -33,7 +33,8 @@ from ..errors import InvalidInput, VerificationFailed
 from ..store.schema import journal_checkpoints, journal_events, journal_head, journal_nodes
 from .verify import TreeReplayer, hash_leaf, verify_inclusion
 
-_BATCH = 20_000
+_BATCH = 20_000  # rows per fetch for the small fixed-size rows (nodes)
+_EVENT_BATCH = 1_000  # events can be large (a 1,000-transfer ledger batch is ~250 KB): fetch fewer at a time
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ def _check_event_body(seq: int, type_: str, body: bytes) -> None:
 
 def _events(conn: Connection) -> Iterator[tuple[int, str, bytes, bytes]]:
     cols = (journal_events.c.seq, journal_events.c.type, journal_events.c.body, journal_events.c.leaf_hash)
-    with conn.execute(select(*cols).order_by(journal_events.c.seq).execution_options(yield_per=_BATCH)) as result:
+    with conn.execute(select(*cols).order_by(journal_events.c.seq).execution_options(yield_per=_EVENT_BATCH)) as result:
         for seq, type_, body, leaf in result:
             yield int(seq), type_, bytes(body), bytes(leaf)
 
