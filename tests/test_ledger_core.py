@@ -1,6 +1,8 @@
 """The double-entry core (``node.ledger``): one test per result code, two-phase transfers, expiry on the test
-clock, linked chains, idempotency, invariants I1–I3 and I5–I7 on both backends, and a Hypothesis state machine
-against a plain-dict reference model (SQLite only).
+clock, linked chains, idempotency, invariants I1–I3 and I5–I7 on both backends (I2 including the history chains:
+``check_history_of``), history paging past many marks, group commit (calls sharing a transaction, kept apart,
+errors isolated), migration 0007 on old data, and a Hypothesis state machine against a plain-dict reference model
+(SQLite only). Crash safety: test_ledger_crash.py; SQLite = PostgreSQL: test_ledger_differential.py.
 """
 
 from __future__ import annotations
@@ -358,6 +360,24 @@ def test_expiry_is_lazy_on_touch_and_exact(funded: Node, clock: Clock) -> None:
     assert event.data["expired"] == [format(2, "032x")]
     assert L.create_transfers([T(5, pending_id=2, flags=POST)]) == [R.pending_transfer_expired]
     assert L.create_transfers([T(6, pending_id=2, flags=VOID)]) == [R.pending_transfer_expired]
+    check_invariants(funded)
+
+
+def test_expiry_on_touch_locks_the_other_account_too(funded: Node, clock: Clock) -> None:
+    """A batch touching one account of an overdue reservation releases it on both accounts, although it names
+    only one (PostgreSQL: the batch starts again to lock the other account in order, then goes back to probing
+    after its locks once nothing is overdue)."""
+    L = funded.ledger
+    ok(funded, T(2, USER, OTHER, 60, flags=PENDING, timeout=1))
+    clock.now += 1_000
+    ok(funded, T(3, SOURCE, USER, 1))  # names USER only
+    assert L.pending_state(2) == "expired"
+    assert bal(funded, USER) == (0, 0, 0, 101) and bal(funded, OTHER) == (0, 0, 0, 0)
+    assert funded.journal.events(type="ledger.transfers")[-1].data["expired"] == [format(2, "032x")]
+    ok(funded, T(4, SOURCE, USER, 1), T(5, USER, OTHER, 2, flags=PENDING, timeout=1))
+    clock.now += 1_000
+    ok(funded, T(6, OTHER, SOURCE, 1, flags=PENDING))  # OTHER has the credit side: released as well
+    assert L.pending_state(5) == "expired" and bal(funded, OTHER) == (1, 0, 0, 0)
     check_invariants(funded)
 
 

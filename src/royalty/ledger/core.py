@@ -12,10 +12,12 @@ that expired lazily in that transaction.
 Group commit. Calls of ``create_transfers`` that arrive while another is committing queue up; the next one to
 run takes the whole queue (up to ``group_max_events`` transfers) into one write transaction and one durable
 commit. Each call keeps its own journal event, its own results and its own chains (a chain never spans two
-calls), and gets its answer only after the commit. No timer: a lone call commits at once, and under load a group
-is whatever arrived while the previous group was committing. ``Ledger(group_commit=False)`` gives every call its
-own transaction. ``create_transfers_in`` (composite operations) never groups: it runs in the caller's
-transaction.
+calls), and gets its answer only after the commit. A lone call commits at once, in its own thread; under load a
+group is whatever queued while the previous group was committing, and after a group of several calls the leader
+waits up to ``group_window_ms`` (2 ms) for those callers to queue again, so groups do not split in halves. If a
+group's transaction fails, its calls run one by one, so only the culprit gets the error. A retried transaction
+keeps its first clock reading. ``Ledger(group_commit=False)`` gives every call its own transaction.
+``create_transfers_in`` (composite operations) never groups: it runs in the caller's transaction.
 
 Concurrency. SQLite: ``Store.write`` is BEGIN IMMEDIATE under the process's writer lock, so transactions run one
 at a time. PostgreSQL (READ COMMITTED): every account a batch may change (the transfers' accounts, the pending
@@ -24,7 +26,9 @@ ascending id order before anything is read that depends on balances or pending s
 account's balances or to a pending transfer's state happens under the locks of its accounts. The journal head
 is locked last (by ``Journal.append_many``), so lock order is always accounts (ascending) → journal head. Two
 concurrent batches inserting the same new id on disjoint accounts collide on the primary key; the loser's
-transaction is retried and then sees the winner's row (``exists`` / ``exists_with_different_*``).
+transaction is retried and then sees the winner's row (``exists`` / ``exists_with_different_*``). Whether any
+reservation is overdue is probed after the locks, in their round trip; a hit whose other account is not locked
+restarts the batch, which then looks for overdue reservations before locking (as long as any are seen).
 
 Expiry. A pending transfer with a timeout expires at ``timestamp + timeout × 1000`` ms on the ledger's clock (the
 node's injectable clock). Nothing runs in the background: a batch first expires every overdue pending transfer on
@@ -43,16 +47,21 @@ what it returns. Two indexes on (account, order) cost two random B-tree inserts 
 half of SQLite's write throughput at 100,000 accounts.
 
 Hot statements go to the driver's own connection (sqlite3 / psycopg) inside SQLAlchemy's transaction: building
-and compiling SQLAlchemy expressions cost more than SQLite itself for small batches.
+and compiling SQLAlchemy expressions cost more than SQLite itself for small batches. On PostgreSQL the lock and
+the reads that follow it are one pipeline (one round trip; the server still runs them in order), the writes
+another, and the account updates and transfer inserts are one ``unnest`` statement each.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -92,7 +101,9 @@ MAX_BATCH = 1 << INDEX_BITS  # events per call: event_index must fit in INDEX_BI
 _INDEX_MASK = MAX_BATCH - 1
 HISTORY_MARK_EVERY = 32
 GROUP_MAX_EVENTS = 1_000
+GROUP_WINDOW_MS = 2.0
 _OK = Result.ok
+_TEXT = {r: r.value for r in Result}  # Enum.value is a descriptor call: this is the hot path's lookup
 
 
 def hex_id(value: int) -> str:
@@ -284,6 +295,20 @@ class _Tr(NamedTuple):
     timestamp: int
 
 
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it wraps) is a PostgreSQL error that a retry of the whole transaction cures."""
+    seen = 0
+    while exc is not None and seen < 4:
+        if getattr(exc, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+        seen += 1
+    return False
+
+
 class _Retry(Exception):
     """Restart the batch in a new transaction (a concurrent writer changed what we must lock)."""
 
@@ -314,26 +339,33 @@ def _sqlite_in(sql: str, n: int) -> str:
     return sql.replace("{in}", "IN (" + ",".join("?" * n) + ")")
 
 
+_LOOKUP = re.compile(r"SELECT (?P<cols>.+) FROM (?P<table>\w+) WHERE id \{in\}(?P<rest>.*)", re.DOTALL)
+
+
 @functools.lru_cache(maxsize=64)
 def _pg(sql: str) -> str:
-    return sql.replace("?", "%s").replace("{in}", "= ANY(%s)")
+    """The PostgreSQL text of a statement: ``%s`` marks; a lookup by id becomes a join with the unnested array (an
+    index probe per id whatever the planner thinks of the table's size: ``id = ANY(array)`` on a sequential scan
+    costs rows x ids, measured at 3 ms for 60 ids on a 2,700-row table); other lists become ``= ANY(%s)``."""
+    sql = sql.replace("?", "%s")
+    lookup = _LOOKUP.fullmatch(sql)
+    if lookup and "{in}" not in lookup["rest"]:
+        return f"SELECT {lookup['cols']} FROM unnest(%s::text[]) AS v(id) JOIN {lookup['table']} USING (id){lookup['rest']}"
+    return sql.replace("{in}", "= ANY(%s)")
 
 
 class _Db:
     """The driver connection (sqlite3 / psycopg) under a SQLAlchemy connection, in the same transaction.
 
-    Statements are written with ``?`` and ``{in}`` (membership in a list of values, given last): on PostgreSQL
-    ``= ANY(%s)`` with one array parameter; on SQLite ``IN (?, …)`` padded to a power of two, so a handful of
-    statement texts stay in sqlite3's statement cache."""
+    Statements are written with ``?`` and ``{in}`` (membership in a list of values, given last): on PostgreSQL one
+    array parameter (see ``_pg``); on SQLite ``IN (?, …)`` padded to a power of two, so a handful of statement
+    texts stay in sqlite3's statement cache."""
 
     __slots__ = ("raw", "pg")
 
     def __init__(self, conn: Connection) -> None:
         self.raw = conn.connection.driver_connection
         self.pg = conn.dialect.name == "postgresql"
-
-    def sql(self, sql: str) -> str:
-        return _pg(sql) if self.pg else sql
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self.raw.execute(_pg(sql) if self.pg else sql, params).fetchall()
@@ -347,54 +379,97 @@ class _Db:
         else:
             self.raw.executemany(sql, rows)
 
+    def bulk(self, sql: str, pg_sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows through one statement: executemany on SQLite; on PostgreSQL ``pg_sql`` with one array per
+        column (unnest): one statement for the batch instead of one per row."""
+        if not rows:
+            return
+        if self.pg:
+            self.raw.execute(pg_sql, [list(column) for column in zip(*rows, strict=True)])
+        else:
+            self.raw.executemany(sql, rows)
+
     def where_in(self, sql: str, values: Sequence[Any], before: Sequence[Any] = ()) -> list[Any]:
-        """Rows of ``sql`` for ``values`` (sorted, then in chunks: lock statements take rows in ascending id
-        order across chunks too). ``before`` are the parameters of the ``?`` marks."""
+        """Rows of ``sql`` for ``values``, sorted (so lock statements take rows in ascending id order; on SQLite
+        in chunks, in order). ``before`` are the parameters of the ``?`` marks."""
         values = sorted(values)
         times = sql.count("{in}")
+        if self.pg:
+            return self.raw.execute(_pg(sql), [*before, *[values] * times]).fetchall()  # type: ignore[no-any-return]
         out: list[Any] = []
         for lo in range(0, len(values), _CHUNK):
             chunk = values[lo : lo + _CHUNK]
-            if self.pg:
-                out += self.raw.execute(_pg(sql), [*before, *[chunk] * times]).fetchall()
-                continue
             size = 1 << (len(chunk) - 1).bit_length()
             padded = chunk + [chunk[-1]] * (size - len(chunk))  # duplicates in an IN list change nothing
             out += self.raw.execute(_sqlite_in(sql, size), [*before, *padded * times]).fetchall()
         return out
 
+    def where_in_each(self, queries: list[tuple[str, Sequence[Any] | None, Sequence[Any]]]) -> list[list[Any]]:
+        """``where_in(sql, values, before)`` for several statements, in order (empty values: no statement, no
+        rows; None: a statement without ``{in}``, with parameters ``before``); on PostgreSQL in one round trip (a
+        pipeline: the server still runs them one after the other, so a read after a lock statement happens under
+        its locks)."""
+        if not self.pg:
+            return [self.all(sql, before) if values is None else self.where_in(sql, values, before) if values else []
+                    for sql, values, before in queries]
+        with self.raw.pipeline():
+            cursors = [
+                self.raw.execute(_pg(sql), list(before) if values is None
+                                 else [*before, *[sorted(values)] * sql.count("{in}")])
+                if values is None or values else None
+                for sql, values, before in queries
+            ]
+            return [cur.fetchall() if cur is not None else [] for cur in cursors]
+
+    def pipeline(self) -> AbstractContextManager[Any]:
+        """Statements sent together (PostgreSQL: one round trip for all of them; their errors raise at the end)."""
+        return self.raw.pipeline() if self.pg else nullcontext()
+
 
 _SELECT_TRANSFERS = f"SELECT {_TCOLS} FROM ledger_transfers WHERE id {{in}}"
-# Transfers and burnt ids in one statement (one round trip on PostgreSQL): kind 0 = transfer, 1 = failure (code).
-_SELECT_TRANSFERS_AND_FAILURES = (
-    f"SELECT 0, {_TCOLS} FROM ledger_transfers WHERE id {{in}} UNION ALL "
-    "SELECT 1, id, code, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ledger_failures "
-    "WHERE id {in}"
-)
+_SELECT_FAILURES = "SELECT id, code FROM ledger_failures WHERE id {in}"
 _OVERDUE_ON = (
     "SELECT id, debit_account_id, credit_account_id FROM ledger_pending WHERE state = 'pending' AND "
     "expires_ms <= ? AND (debit_account_id {in} OR credit_account_id {in})"
 )
+# Cheap (one index probe) and nearly always empty: spares binding every account id to _OVERDUE_ON.
+_ANY_OVERDUE = "SELECT 1 FROM ledger_pending WHERE state = 'pending' AND expires_ms <= ? LIMIT 1"
 _OVERDUE_ANY = (
     "SELECT id, debit_account_id, credit_account_id FROM ledger_pending WHERE state = 'pending' AND "
     "expires_ms <= ? ORDER BY expires_ms, id LIMIT ?"
 )
 _LOCK_ACCOUNTS = (
-    "SELECT id, ledger, flags, debits_pending, debits_posted, credits_pending, credits_posted, version, last_pos "
-    "FROM ledger_accounts WHERE id {in} ORDER BY id"
+    "SELECT id, ledger, flags, debits_pending, debits_posted, credits_pending, credits_posted, version, last_pos, "
+    "{key} FROM ledger_accounts WHERE id {in} ORDER BY id"
 )
+# SQLite updates the accounts by rowid (one B-tree descent instead of two: the text key is a separate index);
+# rowids cannot change inside the write transaction. PostgreSQL updates by id, all rows in one statement.
+_LOCK_ACCOUNTS_SQLITE = _LOCK_ACCOUNTS.replace("{key}", "rowid")
+_LOCK_ACCOUNTS_PG = _LOCK_ACCOUNTS.replace("{key}", "id") + " FOR UPDATE OF ledger_accounts"
 _SELECT_PENDING = (
     "SELECT id, debit_account_id, credit_account_id, amount, expires_ms, state, resolved_by FROM ledger_pending "
     "WHERE id {in}"
 )
-_UPDATE_ACCOUNT = (
+_UPDATE_ACCOUNT_SQLITE = (
     "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, credits_posted = ?, "
-    "version = ?, last_pos = ? WHERE id = ?"
+    "version = ?, last_pos = ? WHERE rowid = ?"
 )
 _INSERT_TRANSFER = (
     "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, timeout, ledger, "
     "code, flags, user_data, timestamp, event_seq, event_index, debit_prev, credit_prev) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ACCOUNTS_PG = (
+    "UPDATE ledger_accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "
+    "credits_posted = v.cpo, version = v.ver, last_pos = v.last FROM unnest(%s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) AS v(dp, dpo, cp, cpo, ver, last, id) "
+    "WHERE a.id = v.id"
+)
+_INSERT_TRANSFERS_PG = (
+    "INSERT INTO ledger_transfers (id, debit_account_id, credit_account_id, amount, pending_id, timeout, ledger, "
+    "code, flags, user_data, timestamp, event_seq, event_index, debit_prev, credit_prev) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::int[], "
+    "%s::int[], %s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::bigint[], %s::bigint[])"
 )
 _INSERT_PENDING = (
     "INSERT INTO ledger_pending (id, debit_account_id, credit_account_id, amount, expires_ms, state, resolved_by, "
@@ -453,18 +528,25 @@ class Ledger:
     """The ledger service (``node.ledger``).
 
     ``group_commit`` (default on): concurrent ``create_transfers`` calls share transactions (see the module
-    docstring); ``group_max_events`` caps the transfers one group commits together."""
+    docstring); ``group_max_events`` caps the transfers one group commits together; ``group_window_ms`` is how
+    long a leader may wait for the callers of the previous group to come back (only after a group of several
+    calls: a lone caller never waits)."""
 
     def __init__(self, store: Store, journal: Journal, clock: Callable[[], int], *, group_commit: bool = True,
-                 group_max_events: int = GROUP_MAX_EVENTS) -> None:
+                 group_max_events: int = GROUP_MAX_EVENTS, group_window_ms: float = GROUP_WINDOW_MS) -> None:
         self.store = store
         self.journal = journal
         self.clock = clock
         self.group_commit = group_commit
         self.group_max_events = group_max_events
+        self.group_window_ms = group_window_ms
         self._queue: deque[_Request] = deque()
         self._queue_lock = threading.Lock()
+        self._arrived = threading.Condition(self._queue_lock)
         self._leading = False
+        self._lingering = False
+        self._last_group = 1
+        self._overdue_seen = False  # PostgreSQL: probe for overdue reservations before the locks (see _Batch)
         dbapi = store.engine.dialect.dbapi
         # The hot path talks to the driver directly, so its errors arrive unwrapped by SQLAlchemy.
         self._conflicts: tuple[type[BaseException], ...] = (IntegrityError, _Retry, dbapi.IntegrityError)
@@ -573,7 +655,8 @@ class Ledger:
         request = _Request(checked, actor)
         if self.group_commit:
             return self._submit(request)
-        return self._retrying(lambda conn: _Batch(self, conn, [request]).run())[0]
+        first: list[int] = []
+        return self._retrying(lambda conn: _Batch(self, conn, [request], now=first).run())[0]
 
     def create_transfers_in(
         self,
@@ -607,13 +690,27 @@ class Ledger:
 
     def transaction(self, body: Callable[[Connection], Any]) -> Any:
         """Run ``body(conn)`` in one write transaction, retried (from the start, so ``body`` must be
-        re-runnable) when PostgreSQL reports a concurrent insert of the same key or the batch must re-lock."""
+        re-runnable) when PostgreSQL reports a concurrent insert of the same key, a deadlock or a serialization
+        failure, or the batch must re-lock."""
         return self._retrying(body)
+
+    def lock_accounts_in(self, conn: Connection, ids: Iterable[int]) -> None:
+        """PostgreSQL: lock the existing accounts among ``ids`` (ascending, FOR UPDATE) before anything in the
+        transaction appends to the journal, keeping the one lock order accounts → journal head when a
+        composite operation must journal (e.g. open new accounts) before its transfers run. SQLite: nothing to
+        do (one writer)."""
+        if conn.dialect.name != "postgresql":
+            return
+        wanted = sorted({hex_id(i) for i in ids})
+        if wanted:
+            conn.execute(select(ledger_accounts.c.id).where(ledger_accounts.c.id.in_(wanted))
+                         .order_by(ledger_accounts.c.id).with_for_update()).all()
 
     def expire_pending(self, *, limit: int = 10_000, actor: str | None = None) -> list[int]:
         """Release every pending transfer whose timeout has passed (up to ``limit``); returns their ids. One
         transaction, one ``ledger.expired`` event (none when nothing expired)."""
-        return self._retrying(lambda conn: _Batch(self, conn, [], sweep_limit=limit, actor=actor).run_sweep())
+        first: list[int] = []
+        return self._retrying(lambda conn: _Batch(self, conn, [], now=first, sweep_limit=limit, actor=actor).run_sweep())
 
     def _retrying(self, body: Callable[[Connection], Any]) -> Any:
         for attempt in range(_RETRIES):
@@ -623,8 +720,15 @@ class Ledger:
             except self._conflicts:
                 if attempt == _RETRIES - 1:
                     raise
-            except self._driver_operational as exc:  # what Store.write translates for SQLAlchemy's statements
-                text = str(exc).strip()
+            except (self._driver_operational, StorageError) as exc:
+                # A PostgreSQL deadlock victim or serialization failure is rolled back whole: run it again.
+                # (Composite operations lock in one order, but a transaction that journals before it locks
+                # accounts can still meet one that locks accounts before journaling.)
+                if _transient(exc) and attempt < _RETRIES - 1:
+                    continue
+                if isinstance(exc, StorageError):
+                    raise
+                text = str(exc).strip()  # what Store.write translates for SQLAlchemy's statements
                 raise StorageError(f"database error: {text.splitlines()[0] if text else type(exc).__name__}") from exc
         raise AssertionError("unreachable")
 
@@ -638,6 +742,8 @@ class Ledger:
             self._queue.append(request)
             if self._leading:
                 request.wake = threading.Event()
+                if self._lingering:
+                    self._arrived.notify()
             else:
                 self._leading = True
                 request.lead = True
@@ -652,12 +758,21 @@ class Ledger:
         group: list[_Request] = []
         try:
             with self._queue_lock:
+                # Concurrent callers come back right after their answer: give them up to the window to queue
+                # again, so groups stay as large as the last one instead of splitting into halves.
+                if self._last_group > 1 and self.group_window_ms > 0:
+                    deadline = time.monotonic() + self.group_window_ms / 1000
+                    while len(self._queue) < self._last_group and (left := deadline - time.monotonic()) > 0:
+                        self._lingering = True
+                        self._arrived.wait(left)
+                    self._lingering = False
                 # The leader is always the queue's head: it arrived first, or was handed the lead as the head.
                 events = 0
                 while self._queue and (not group or events + len(self._queue[0].specs) <= self.group_max_events):
                     request = self._queue.popleft()
                     events += len(request.specs)
                     group.append(request)
+                self._last_group = len(group)
             self._commit_group(group)
         finally:
             with self._queue_lock:
@@ -674,7 +789,8 @@ class Ledger:
 
     def _commit_group(self, group: list[_Request]) -> None:
         try:
-            results = self._retrying(lambda conn: _Batch(self, conn, group).run())
+            first: list[int] = []
+            results = self._retrying(lambda conn: _Batch(self, conn, group, now=first).run())
         except Exception as exc:
             if len(group) == 1:
                 group[0].error = exc
@@ -682,7 +798,8 @@ class Ledger:
             # Run the calls one by one, so that only the one that caused the error receives it.
             for request in group:
                 try:
-                    request.results = self._retrying(lambda conn, r=request: _Batch(self, conn, [r]).run())[0]
+                    again: list[int] = []
+                    request.results = self._retrying(lambda conn, r=request, t=again: _Batch(self, conn, [r], now=t).run())[0]
                 except Exception as one:  # noqa: BLE001  (handed to its caller, who re-raises it)
                     request.error = one
             return
@@ -771,8 +888,8 @@ class _Batch:
     """Loads what the calls need under the account locks, applies them in memory in order, writes once."""
 
     def __init__(
-        self, ledger: Ledger, conn: Connection, requests: list[_Request], *, sweep_limit: int = 0,
-        actor: str | None = None,
+        self, ledger: Ledger, conn: Connection, requests: list[_Request], *, now: list[int] | None = None,
+        sweep_limit: int = 0, actor: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.conn = conn
@@ -780,12 +897,19 @@ class _Batch:
         self.requests = requests
         self.sweep_limit = sweep_limit
         self.actor = actor  # of a sweep's event
-        self.now = ledger.clock()
+        # The clock is read under the write lock, once: a retry of the transaction keeps its first reading (``now``
+        # holds it across attempts), so a retry changes no timestamp.
+        if now is None:
+            now = []
+        if not now:
+            now.append(ledger.clock())
+        self.now = now[0]
         # Working state; every change inside a chain goes through _set / _add so a failed chain can be undone.
         self.meta: dict[int, tuple[int, int]] = {}  # account id -> (ledger, flags)
         self.bal: dict[int, list[int]] = {}
         self.chain: dict[int, list[Any]] = {}  # account id -> [version, last_pos], advanced by _write
         self.hx: dict[int, str] = {0: "0" * 32}  # id -> its stored form, each formatted once
+        self.key: dict[int, Any] = {}  # account id -> what the UPDATE finds its row by (rowid / id)
         self.transfers: dict[int, Any] = {}  # existing (db) and new: Transfer / _Tr
         self.pending: dict[int, tuple[str, int | None]] = {}  # pending id -> (state, resolved_by)
         self.pending_info: dict[int, tuple[int, int, int, int | None]] = {}  # id -> (dr, cr, amount, expires_ms)
@@ -838,52 +962,77 @@ class _Batch:
                 for a, text in ((tr.debit_account_id, r[1]), (tr.credit_account_id, r[2])):
                     want.add(a)
                     hx[a] = text
+        # Is any reservation overdue at all? SQLite: a local index probe, here. PostgreSQL, unless one was seen
+        # lately: the probe rides in the lock round trip, after the locks (a pending transfer on a locked account
+        # cannot appear meanwhile), and only a hit costs more (see _late_expiry).
+        probe_late = db.pg and not self.sweep_limit and bool(want) and not self.ledger._overdue_seen
         if self.sweep_limit:
             candidates = db.all(_OVERDUE_ANY, (now, self.sweep_limit))
-        elif want:
+        elif want and not probe_late and db.all(_ANY_OVERDUE, (now,)):
             candidates = db.where_in(_OVERDUE_ON, [hx[a] for a in want], before=(now,))
         else:
             candidates = []
+            if db.pg and not probe_late:
+                self.ledger._overdue_seen = False
         for r in candidates:
             for text in (r[1], r[2]):
                 a = int(text, 16)
                 want.add(a)
                 hx[a] = text
         # Phase 2: lock in ascending id order (SQLite: the writer lock is already held, no clause needed).
-        if want:
-            lock = _LOCK_ACCOUNTS + " FOR UPDATE" if db.pg else _LOCK_ACCOUNTS
-            meta, bal, chain = self.meta, self.bal, self.chain
-            for r in db.where_in(lock, [hx[a] for a in want]):
-                a = int(r[0], 16)
-                meta[a] = (r[1], r[2])
-                bal[a] = [r[3], r[4], r[5], r[6]]
-                chain[a] = [r[7], r[8]]
-        # Phase 3, under the locks: fresh reads of everything that depends on state.
+        # Phase 3, under the locks: fresh reads of everything that depends on state. (PostgreSQL: sent together,
+        # run in this order.)
         lookup = [hx[i] for i in spec_ids if i not in self.transfers]
-        if lookup:
-            for r in db.where_in(_SELECT_TRANSFERS_AND_FAILURES, lookup):
-                if r[0]:
-                    self.failed[int(r[1], 16)] = Result(r[2])
-                else:
-                    tr = _transfer_from_tuple(r[1:])
-                    self.transfers[tr.id] = tr
-        pend_keys = {hx[i] for i in pending_ids} | {r[0] for r in candidates}
-        if pend_keys:
-            for r in db.where_in(_SELECT_PENDING, list(pend_keys)):
-                pid = int(r[0], 16)
-                dr, cr = int(r[1], 16), int(r[2], 16)
-                if dr not in self.bal or cr not in self.bal:
-                    raise _Retry()  # created concurrently between phase 1 and the locks: lock its accounts too
-                hx[pid] = r[0]
-                self.pending[pid] = (r[5], int(r[6], 16) if r[6] else None)
-                self.db_pending_states[pid] = r[5]
-                self.pending_info[pid] = (dr, cr, r[3], r[4])
+        locked, found, failures, pending_rows, overdue = db.where_in_each([
+            (_LOCK_ACCOUNTS_PG if db.pg else _LOCK_ACCOUNTS_SQLITE, [hx[a] for a in want], ()),
+            (_SELECT_TRANSFERS, lookup, ()),
+            (_SELECT_FAILURES, lookup, ()),
+            (_SELECT_PENDING, list({hx[i] for i in pending_ids} | {r[0] for r in candidates}), ()),
+            (_ANY_OVERDUE, None if probe_late else [], (now,)),
+        ])
+        meta, bal, chain, key = self.meta, self.bal, self.chain, self.key
+        for r in locked:
+            a = int(r[0], 16)
+            meta[a] = (r[1], r[2])
+            bal[a] = [r[3], r[4], r[5], r[6]]
+            chain[a] = [r[7], r[8]]
+            key[a] = r[9]
+        for r in found:
+            tr = _transfer_from_tuple(r)
+            self.transfers[tr.id] = tr
+        for r in failures:
+            self.failed[int(r[0], 16)] = Result(r[1])
+        self._take_pending(pending_rows)
+        if overdue:
+            self._late_expiry([hx[a] for a in want])
         # Release every overdue reservation we hold the locks for, before the calls run.
         for pid in sorted(self.pending):
             state, _ = self.pending[pid]
             expires = self.pending_info[pid][3]
             if state == "pending" and expires is not None and expires <= now:
                 self._expire(pid)
+
+    def _take_pending(self, rows: list[Any]) -> None:
+        bal, hx = self.bal, self.hx
+        for r in rows:
+            pid = int(r[0], 16)
+            dr, cr = int(r[1], 16), int(r[2], 16)
+            if dr not in bal or cr not in bal:
+                raise _Retry()  # created concurrently between phase 1 and the locks: lock its accounts too
+            hx[pid] = r[0]
+            self.pending[pid] = (r[5], int(r[6], 16) if r[6] else None)
+            self.db_pending_states[pid] = r[5]
+            self.pending_info[pid] = (dr, cr, r[3], r[4])
+
+    def _late_expiry(self, locked: list[str]) -> None:
+        """The PostgreSQL probe found an overdue reservation somewhere: load the ones on our accounts (under our
+        locks). One that also needs an account we did not lock sends the batch back to the start, probing before
+        the locks from then on (``Ledger._overdue_seen``) so that it locks that account too, in order."""
+        late = self.db.where_in(_OVERDUE_ON, locked, before=(self.now,))
+        if any(int(r[1], 16) not in self.bal or int(r[2], 16) not in self.bal for r in late):
+            self.ledger._overdue_seen = True
+            raise _Retry()
+        self._take_pending(self.db.where_in(_SELECT_PENDING, [r[0] for r in late if int(r[0], 16) not in self.pending]))
 
     def _expire(self, pid: int) -> None:
         dr, cr, amount, _ = self.pending_info[pid]
@@ -1095,13 +1244,13 @@ class _Batch:
     def _items(self, specs: list[TransferSpec], results: list[Result]) -> list[dict[str, Any]]:
         """The journal's record of one call: every event with its result (created ones as applied)."""
         items = []
-        transfers, hx = self.transfers, self.hx
+        transfers, hx, text = self.transfers, self.hx, _TEXT
         for s, r in zip(specs, results, strict=True):
             src = transfers[s.id] if r is _OK else s
             amount = src.amount
             items.append({
                 "id": hx.get(s.id) or hex_id(s.id),
-                "result": r.value,
+                "result": text[r],
                 "debit_account_id": hx.get(src.debit_account_id) or hex_id(src.debit_account_id),
                 "credit_account_id": hx.get(src.credit_account_id) or hex_id(src.credit_account_id),
                 "amount": amount if amount is None or amount <= AMOUNT_MAX else str(amount),
@@ -1150,11 +1299,9 @@ class _Batch:
                     hx[tr.id], hx[dr], hx[cr], tr.amount, hx[tr.pending_id] if tr.pending_id else None,
                     tr.timeout, tr.ledger, tr.code, tr.flags, tr.user_data, tr.timestamp, seq, index, d_prev, c_prev,
                 ))
-        if self.dirty_accounts:
-            bal = self.bal
-            db.many(_UPDATE_ACCOUNT, [(*bal[a], *chain[a], hx[a]) for a in sorted(self.dirty_accounts)])
-        db.many(_INSERT_TRANSFER, rows)
-        db.many(_INSERT_MARK, marks)
+        bal = self.bal
+        key = self.key
+        updates = [(*bal[a], *chain[a], key[a]) for a in sorted(self.dirty_accounts)]
 
         new_pending, changed = [], []
         for pid, (state, by) in self.pending.items():
@@ -1165,9 +1312,14 @@ class _Batch:
                 new_pending.append((hx[pid], hx[dr], hx[cr], amount, expires, state, hx[by] if by else None, resolved))
             elif old != state:
                 changed.append((state, hx[by] if by else None, now, hx[pid]))
-        db.many(_INSERT_PENDING, new_pending)
-        db.many(_RESOLVE_PENDING, changed)
-        db.many(_INSERT_FAILURE, [(hx[i], code.value, now, seqs[call]) for i, (code, call) in self.new_failures.items()])
+        failures = [(hx[i], code.value, now, seqs[call]) for i, (code, call) in self.new_failures.items()]
+        with db.pipeline():
+            db.bulk(_UPDATE_ACCOUNT_SQLITE, _UPDATE_ACCOUNTS_PG, updates)
+            db.bulk(_INSERT_TRANSFER, _INSERT_TRANSFERS_PG, rows)
+            db.many(_INSERT_MARK, marks)
+            db.many(_INSERT_PENDING, new_pending)
+            db.many(_RESOLVE_PENDING, changed)
+            db.many(_INSERT_FAILURE, failures)
 
 
 def _exists(s: TransferSpec, e: Transfer) -> Result:

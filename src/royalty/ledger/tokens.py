@@ -273,6 +273,7 @@ class Tokens:
                what: str, extra: dict[str, Any] | None = None) -> Result:
         """Charge a protocol fee (``payer``'s available → treasury) inside the caller's transaction, e.g. the
         datanet publishing fee. Raises InsufficientFunds (which rolls the caller back) when the payer is short."""
+        self.ledger.lock_accounts_in(conn, [account_id(AccountCode.AVAILABLE, payer), system_account_id(AccountCode.TREASURY)])
         self.ensure_accounts_in(conn, [payer], actor=actor)
         result = self.ledger.create_transfers_in(conn, [TransferSpec(
             id, account_id(AccountCode.AVAILABLE, payer), system_account_id(AccountCode.TREASURY), amount,
@@ -341,6 +342,8 @@ class Tokens:
 
     def _one(self, spec: TransferSpec, owners: list[str], actor: str, what: str) -> tuple[Transfer, Result]:
         def body(conn: Connection) -> Result:
+            # Lock first: opening new accounts journals an event (the journal head) before the transfer locks.
+            self.ledger.lock_accounts_in(conn, [spec.debit_account_id, spec.credit_account_id])
             self.ensure_accounts_in(conn, owners, actor=actor)
             return self.ledger.create_transfers_in(conn, [spec], actor=actor)[0]
 

@@ -114,6 +114,9 @@ def _create_engine(url: str, backend: Backend, busy_timeout_ms: int) -> Engine:
         cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA cache_size = -65536")  # 64 MiB: the ledger reference measured +2x at scale
+        # Checkpoint every ~40 MB of WAL, not every 4 MB: a 1,000-transfer commit over 100,000 accounts dirties
+        # ~1,300 pages, so the default checkpointed after nearly every commit (+18% ledger throughput measured).
+        cur.execute("PRAGMA wal_autocheckpoint = 10000")
         cur.close()
 
     @event.listens_for(engine, "begin")
