@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 import royalty
 from royalty import Node
+from royalty.cli import main as cli_main
 
 PG_ENV = "ROYALTY_TEST_POSTGRES_URL"
 PG_SKIP_REASON = "set ROYALTY_TEST_POSTGRES_URL to run PostgreSQL tests"
@@ -227,3 +228,16 @@ def raw_db(node: Node) -> Iterator[RawDB]:
         yield db
     finally:
         db.close()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process as ``royalty ARGS``; return (exit code, stdout, stderr). A user's mistake must never
+    print a traceback, so none may appear in either stream."""
+    try:
+        cli_main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, out, err

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import RawDB
+from conftest import RawDB, run_cli as run
 
 import royalty
 
-from royalty.cli import app, main
+from royalty.cli import app
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 from api_server import LiveServer
-from conftest import Clock, RawDB
+from conftest import Clock, RawDB, run_cli as run
 
 import royalty
 from royalty import Node
 from royalty.api import create_app
-from royalty.cli import main
 from royalty.errors import Conflict, InsufficientFunds, InvalidInput, NotFound, PermissionDenied
 from royalty.ledger.amounts import UNIT
 from royalty.ledger.chart import AccountCode
@@ -673,15 +672,6 @@ def test_concurrent_votes_executes_and_transfers(node: Node, clock: Clock) -> No
 # CLI and HTTP
 # --------------------------------------------------------------------------------------------------------------
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_propose_vote_queue_execute_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

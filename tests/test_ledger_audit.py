@@ -13,11 +13,10 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import Clock, RawDB
+from conftest import Clock, RawDB, run_cli as run
 
 import royalty
 from royalty import Node
-from royalty.cli import main
 from royalty.ledger import AccountFlags, AccountSpec, Asset, Result, TransferFlags, TransferSpec, hex_id
 from royalty.ledger.amounts import UNIT
 from royalty.ledger.audit import MAX_PROBLEMS, audit_ledger
@@ -28,15 +27,6 @@ POST, VOID = int(TransferFlags.POST_PENDING_TRANSFER), int(TransferFlags.VOID_PE
 OPEN = int(Asset.OPEN)
 XFER = int(TransferCode.TRANSFER)
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def available_id(node: Node, name: str) -> int:
@@ -288,7 +278,7 @@ def test_issuance_only_by_genesis_and_mint_and_within_the_cap(node: Node, clock:
         TransferSpec(501, issuance, treasury, cap, ledger=OPEN, code=int(TransferCode.MINT)),  # past the cap
     ]) == [Result.ok, Result.ok]
     problems = node.ledger_audit().problems
-    assert any(p.startswith(f"I4: seq") and f"transfer {hex_id(500)} debits {hex_id(issuance)}" in p for p in problems), problems
+    assert any(p.startswith("I4: seq") and f"transfer {hex_id(500)} debits {hex_id(issuance)}" in p for p in problems), problems
     assert any(p.startswith("I4: supply") and "exceeds the cap" in p for p in problems), problems
 
 

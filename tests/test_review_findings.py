@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 from api_server import LiveServer
-from conftest import FREE_PUBLISHING, RawDB
+from conftest import FREE_PUBLISHING, RawDB, run_cli as run
 
 from royalty import Node
 from royalty.api import create_app
-from royalty.cli import main
 from royalty.datanet import dedup, verify_proof
 from royalty.errors import Conflict, InvalidInput, NotFound, VerificationFailed
 
@@ -387,16 +386,6 @@ def test_http_upload_size_is_capped_whatever_the_datanet_allows(node: Node) -> N
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return code, out, err
 
 
 @pytest.fixture

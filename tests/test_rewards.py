@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from api_server import LiveServer
-from conftest import RawDB
+from conftest import RawDB, run_cli as run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from royalty import Node
 from royalty.api import create_app
-from royalty.cli import main
 from royalty.errors import Conflict, InsufficientFunds, InvalidInput, NotFound, PermissionDenied
 from royalty.journal.merkle import MemoryTree
 from royalty.ledger import Asset, TransferSpec
@@ -253,16 +252,6 @@ def test_shares_are_floors_and_the_dust_closes_the_sum(funded: int, weights: dic
 # CLI and HTTP
 # --------------------------------------------------------------------------------------------------------------
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return code, out, err
 
 
 def test_cli_epoch_lifecycle_and_earnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

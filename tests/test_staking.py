@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import royalty
-from conftest import Clock, RawDB
+from conftest import Clock, RawDB, run_cli as cli
 from royalty import Node
 from royalty.api import create_app
-from royalty.cli import main
 from royalty.errors import Conflict, InsufficientFunds, InvalidInput, NotFound, PermissionDenied, TransferRejected
 from royalty.ledger import Asset, Result, TransferSpec
 from royalty.ledger.amounts import UNIT
@@ -647,10 +646,10 @@ def test_http_stake_with_idempotency_key(node: Node, http: tuple[TestClient, dic
     bob = client.post("/v1/staking/stake", json={"amount": "1"}, headers=_auth(keys["bob"], "k-1"))
     assert bob.status_code == 200 and bob.json()["replayed"] is False
     missing = client.post("/v1/staking/stake", json={"amount": "1"}, headers=_auth(keys["alice"]))
-    assert _error(missing, 400, "bad_request")["field"] == "Idempotency-Key"
+    assert _error(missing, 400, "idempotency_key_missing")["field"] == "Idempotency-Key"
     for path in ("/v1/staking/redeem", "/v1/staking/claim"):
         _error(client.post(path, json={"amount": "1"} if "redeem" in path else None, headers=_auth(keys["alice"])),
-               400, "bad_request")
+               400, "idempotency_key_missing")
     _error(client.post("/v1/staking/stake", json={"amount": "1"}, headers={"Idempotency-Key": "x"}), 401,
            "authentication_error")
     assert node.tokens.balance("alice").staked == 12_500_000
@@ -709,16 +708,6 @@ def test_http_insufficient_funds_cooldown_redeem_delegate_claim(node: Node, cloc
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return code, out, err
 
 
 def test_cli_staking_commands_with_json(quick: Node, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,24 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli as run
+
 import royalty
 from royalty import Node
-from royalty.cli import main
 from royalty.errors import InvalidInput, PermissionDenied, TransferRejected
 from royalty.ledger import Result
 from royalty.ledger.amounts import UNIT
 from royalty.ledger.tokens import DEFAULT_GENESIS_SUPPLY
 
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def ok_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:

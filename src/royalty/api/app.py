@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RoyaltyError
 from ..node import Node
-from . import datanets, governance, ledger, rewards
+from . import datanets, governance, ledger, rewards, staking
 from .auth import NodeDep, OptionalCallerDep
 from .errors import error_response, royalty_error_response, validation_response
 
@@ -53,6 +53,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(node_router)
     app.include_router(datanets.router)
     app.include_router(ledger.router)
+    app.include_router(staking.router)
     app.include_router(governance.router)
     app.include_router(rewards.router)
     install_error_handlers(app)

@@ -382,7 +382,8 @@ class Fees:
             # New recipients get their ledger accounts in a transaction of their own, committed first: opening
             # accounts journals an event (locking the journal head) and the settlement then locks accounts, the
             # reverse of the core's order (accounts → journal head), which can deadlock with a concurrent writer.
-            self.ledger.transaction(lambda conn: self.tokens.ensure_accounts_in(conn, need.owners, actor=need.actor))
+            owners, opener = need.owners, need.actor
+            self.ledger.transaction(lambda conn: self.tokens.ensure_accounts_in(conn, owners, actor=opener))
             return self.ledger.transaction(body)
 
     def void_fee(self, request_id: str, *, actor: str) -> FeeReservation:
