@@ -16,16 +16,41 @@ from ..errors import InvalidInput
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # One encoder for all calls: json.dumps with non-default options builds a new encoder every time.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The string encoder _ENCODER itself uses with ensure_ascii=False (the C one where available).
+_encode_string = json.encoder.encode_basestring
 
 
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` canonically. Raises InvalidInput naming the JSON path of the first bad value."""
-    _check(value, "$")
-    text = _ENCODER.encode(value)
+    return utf8(canonical_text(value))
+
+
+def canonical_text(value: Any, path: str = "$") -> str:
+    """The canonical JSON of ``value`` as text (not yet UTF-8), after checking every value; ``path`` names
+    ``value`` in error messages. The canonical JSON of an object is ``{`` + the ``"key":value`` texts in key order,
+    joined by ``,`` + ``}``, so callers may splice canonical texts of parts into a larger object (the journal's
+    event envelope does; tests/test_fast_paths.py checks both against a slow reference encoder)."""
+    kind = type(value)
+    if kind is int and _INT_MIN <= value <= _INT_MAX:  # an envelope's ts, actor: skip the encoder's set-up
+        return int.__repr__(value)
+    if kind is str:
+        return _encode_string(value)
+    _check(value, path)
+    return _ENCODER.encode(value)
+
+
+def utf8(text: str) -> bytes:
+    """Canonical text as the bytes that are hashed. Raises InvalidInput on a lone surrogate (not UTF-8)."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput("event contains a lone surrogate: not valid UTF-8", field="data") from None
+
+
+def string_text(value: str) -> str:
+    """The canonical JSON text of one string (quotes and escapes as ``canonical_text``), unchecked: the caller
+    knows ``value`` is a ``str``; a lone surrogate is refused when the whole text goes through ``utf8``."""
+    return _encode_string(value)
 
 
 def _check(value: Any, path: str) -> None:
