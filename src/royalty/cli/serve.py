@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -25,6 +26,10 @@ def register(app: typer.Typer) -> None:
         node = node_at(home)
         try:
             typer.echo(f"royalty: serving node {node.node_id} on http://{host}:{port} (API schema: /openapi.json)", err=True)
-            uvicorn.run(create_app(node), host=host, port=port, log_level=log_level)
+            app = create_app(node)
+            # Move everything imported so far out of the collector's view: full collections otherwise scan
+            # ~100,000 long-lived library objects and pause every request 30-70 ms (the ledger benchmark's p99).
+            gc.freeze()
+            uvicorn.run(app, host=host, port=port, log_level=log_level)
         finally:
             node.close()
