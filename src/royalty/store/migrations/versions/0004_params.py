@@ -7,6 +7,8 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
+from royalty.store.migrations.guards import append_only
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -21,15 +23,7 @@ def upgrade() -> None:
         sa.Column("values_json", sa.Text, nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
     )
-    dialect = op.get_bind().dialect.name
-    for action in ("UPDATE", "DELETE"):
-        name = f"ledger_params_no_{action.lower()}"
-        if dialect == "sqlite":
-            op.execute(f"CREATE TRIGGER {name} BEFORE {action} ON ledger_params FOR EACH ROW "
-                       "BEGIN SELECT RAISE(ABORT, 'ledger_params is append-only'); END")
-        else:
-            op.execute(f"CREATE TRIGGER {name} BEFORE {action} ON ledger_params FOR EACH ROW "
-                       "EXECUTE FUNCTION royalty_append_only()")
+    append_only("ledger_params")
 
 
 def downgrade() -> None:

@@ -7,6 +7,8 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
+from royalty.store.migrations.guards import append_only
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -16,19 +18,6 @@ depends_on = None
 def upgrade() -> None:
     _upgrade_staking()
     _upgrade_governance()
-
-
-def _append_only(table: str, actions: tuple[str, ...] = ("UPDATE", "DELETE")) -> None:
-    """Triggers refusing ``actions`` on ``table`` (I7). royalty_append_only() was created by 0001."""
-    dialect = op.get_bind().dialect.name
-    for action in actions:
-        name = f"{table}_no_{action.lower()}"
-        if dialect == "sqlite":
-            op.execute(f"CREATE TRIGGER {name} BEFORE {action} ON {table} FOR EACH ROW "
-                       f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
-        else:
-            op.execute(f"CREATE TRIGGER {name} BEFORE {action} ON {table} FOR EACH ROW "
-                       "EXECUTE FUNCTION royalty_append_only()")
 
 
 # --- staking ---
@@ -76,10 +65,10 @@ def _upgrade_staking() -> None:
         sqlite_with_rowid=False,
     )
     for table in ("staking_vote_checkpoints", "staking_supply_checkpoints"):
-        _append_only(table)
+        append_only(table)
     # The mutable staking rows are never deleted (a participant's history stays reconstructible).
     for table in ("staking_state", "staking_stakers", "staking_delegates"):
-        _append_only(table, ("DELETE",))
+        append_only(table, ("DELETE",))
 # --- end staking ---
 
 
@@ -122,7 +111,7 @@ def _upgrade_governance() -> None:
         sa.Column("seq", sa.BigInteger, nullable=False),
     )
     for table in ("gov_proposals", "gov_votes", "gov_transitions"):
-        _append_only(table)
+        append_only(table)
 # --- end governance ---
 
 

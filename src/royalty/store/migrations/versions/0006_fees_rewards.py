@@ -7,6 +7,8 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
+from royalty.store.migrations.guards import append_only, refuse
+
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -99,25 +101,10 @@ def upgrade() -> None:
 
     # Settlements, fundings, weights and payouts are append-only (I7); an epoch row only moves forward and is never
     # deleted. royalty_append_only() was created by 0001.
-    dialect = op.get_bind().dialect.name
-    guards = [(f"{t}_no_{a.lower()}", t, a, None) for t in APPEND_ONLY for a in ("UPDATE", "DELETE")]
-    guards += [
-        ("reward_epochs_no_delete", "reward_epochs", "DELETE", None),
-        ("reward_epochs_no_update", "reward_epochs", "UPDATE", "OLD.state = 'distributed'"),
-    ]
-    for name, table, action, when in guards:
-        if dialect == "sqlite":
-            cond = f"WHEN {when} " if when else ""
-            op.execute(
-                f"CREATE TRIGGER {name} BEFORE {action} ON {table} FOR EACH ROW {cond}"
-                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-            )
-        else:
-            cond = f"WHEN ({when}) " if when else ""
-            op.execute(
-                f"CREATE TRIGGER {name} BEFORE {action} ON {table} FOR EACH ROW {cond}"
-                "EXECUTE FUNCTION royalty_append_only()"
-            )
+    for table in APPEND_ONLY:
+        append_only(table)
+    refuse("reward_epochs", "DELETE")
+    refuse("reward_epochs", "UPDATE", when="OLD.state = 'distributed'")
 
 
 def downgrade() -> None:
