@@ -7,7 +7,8 @@ The CLI prints ``royalty: error: <message>`` and exits 1; the HTTP layer renders
 
     RoyaltyError
     ├── InvalidInput (422)            a field or argument is wrong; ``field`` names it
-    │   └── PayloadTooLarge (413)
+    │   ├── PayloadTooLarge (413)
+    │   └── ConfigInvalid (422)       a training config has problems; ``problems`` lists all of them
     ├── AuthenticationError (401)     missing or unknown API key
     ├── PermissionDenied (403)        authenticated, but not allowed
     ├── NotFound (404)
@@ -57,6 +58,23 @@ class InvalidInput(RoyaltyError):
 class PayloadTooLarge(InvalidInput):
     status = 413
     type = "payload_too_large"
+
+
+class ConfigInvalid(InvalidInput):
+    """A training config (``royalty.factory.config``) has problems. ``problems`` is every (field path, message)
+    found, all at once; the message is one line per problem (``lora.r: must be >= 1 (got 0)``) and ``field`` is
+    the first problem's field."""
+
+    type = "config_invalid"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"{field}: {message}" for field, message in problems), field=problems[0][0])
+        self.problems = list(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["problems"] = [{"field": field, "message": message} for field, message in self.problems]
+        return body
 
 
 class AuthenticationError(RoyaltyError):

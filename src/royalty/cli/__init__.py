@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import RoyaltyError
-from . import account, datanet, gov, journal, ledger, node, rewards, serve, stake
+from . import account, datanet, gov, journal, ledger, model, node, rewards, serve, stake, train
 
 app = typer.Typer(
     name="royalty",
@@ -31,6 +31,8 @@ app.add_typer(ledger.app, name="ledger")
 stake.register(app)
 app.add_typer(gov.app, name="gov")
 app.add_typer(rewards.app, name="rewards")
+app.add_typer(model.app, name="model")
+train.register(app)
 serve.register(app)
 
 
