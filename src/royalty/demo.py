@@ -1,15 +1,17 @@
 """The end-to-end story ``royalty demo`` (and ``make demo``) tells, on a throwaway node.
 
-Today: a node is born and participants join; a domain expert creates a curated datanet; a contributor imports a
-small file with one bad line (the report shows it, the good lines are kept); the owner curates and publishes
-version 1; an outsider checks one contribution's proof (contribution → version root → signed journal) with
-nothing but the proof and the node's public key; the whole journal is replayed and verified. Later capabilities
-(training, serving, attribution) extend this same story. Then the money: the operator funds the participants
-from the treasury; ada and ben stake OPEN for gOPEN and delegate to themselves; ada proposes raising the
-contributors' share of every inference fee, they vote, the proposal waits out the timelock and executes; cy's
-sample request reserves a fee that is then settled by the new split (to ben as adapter owner, to ada as the
-contributor, to stakers and the treasury); the ledger audit replays every transfer. Governance runs on days and
-weeks, so the demo's node runs on a simulated clock that the story moves forward.
+A node is born and participants join; a domain expert creates a curated datanet; a contributor imports a small
+file with one bad line (the report shows it, the good lines are kept); the owner curates and publishes version 1.
+ben builds and pretrains a tiny base model on this machine, fine-tunes a LoRA adapter on version 1, evaluates
+it and registers it (its manifest ties it to the base weights and the version's root). Then the money: the
+operator funds the participants from the treasury; ada and ben stake OPEN for gOPEN and delegate to themselves;
+ada proposes raising the contributors' share of every inference fee, they vote, the proposal waits out the
+timelock and executes; cy's sample request reserves a fee that is then settled by the new split (to ben as
+adapter owner, to ada as the contributor, to stakers and the treasury). Last, the checks anyone can run: an
+outsider verifies one contribution's proof (contribution → version root → signed journal) with nothing but the
+proof and the node's public key, the ledger audit replays every transfer, and the whole journal is replayed and
+verified. Governance runs on days and weeks, so the demo's node runs on a simulated clock that the story moves
+forward. Serving and attribution will extend this same story.
 """
 
 from __future__ import annotations
@@ -36,17 +38,33 @@ SAMPLE = [
     '{"prompt": "How do I treat a bee sting?", "response": "Scrape the sting out sideways, wash the area and apply a cold pack."}',
     '{"prompt": "What is the recovery position?"}',
     '{"prompt": "When should I call an ambulance for chest pain?", "response": "At once if the pain is crushing, spreads to the arm or jaw, or comes with breathlessness."}',
+    '{"prompt": "How do I help someone who is choking?", "response": "Give up to five sharp back blows between the shoulder blades, then up to five abdominal thrusts."}',
+    '{"prompt": "What should I do for a sprained ankle?", "response": "Rest it, put a cold pack on it for 20 minutes, wrap it firmly and keep it raised."}',
+    '{"prompt": "How do I stop a cut from bleeding?", "response": "Press firmly on the cut with a clean cloth and keep pressing until the bleeding stops."}',
+    '{"prompt": "What do I do if someone faints?", "response": "Lay them on their back, raise their legs and loosen tight clothing until they come round."}',
+    '{"prompt": "How do I cool someone with heat exhaustion?", "response": "Move them somewhere cool, give them water to sip and cool their skin with wet cloths."}',
+    '{"prompt": "What should I do for a splinter?", "response": "Wash the area, pull the splinter out along its line with clean tweezers and wash again."}',
+    '{"prompt": "How do I treat a small blister?", "response": "Leave it unbroken, cover it with a soft plaster and let it heal on its own."}',
+    '{"prompt": "What do I do if something gets in my eye?", "response": "Rinse the eye with clean running water for several minutes and do not rub it."}',
+    '{"prompt": "How do I help someone having a seizure?", "response": "Clear the space around them, cushion their head and time the seizure; never hold them down."}',
+    '{"prompt": "What should I do after a dog bite?", "response": "Wash the bite with soap and running water for five minutes and see a doctor the same day."}',
+    '{"prompt": "How do I treat mild sunburn?", "response": "Cool the skin with a cool shower, drink water and apply a soothing after-sun lotion."}',
+    '{"prompt": "What do I do if someone swallowed a chemical?", "response": "Call poison control or an ambulance at once and keep the container to show them."}',
+    '{"prompt": "How do I treat a bruise?", "response": "Hold a cold pack wrapped in a cloth on the bruise for 20 minutes, several times a day."}',
+    '{"prompt": "What should I do if someone is hypothermic?", "response": "Move them indoors, remove wet clothes and warm them slowly with blankets."}',
+    '{"prompt": "How do I help someone with an asthma attack?", "response": "Help them sit upright and take their reliever inhaler, one puff every minute up to ten."}',
+    '{"prompt": "What do I do for a burn from boiling water?", "response": "Cool it under cool running water for 20 minutes, then cover it loosely with cling film."}',
 ]
 
 
-def run_demo(home: Path | None, say: Say) -> None:
+def run_demo(home: Path | None, say: Say, *, pretrain_minutes: float = 1.0) -> None:
     if home is None:
         with tempfile.TemporaryDirectory(prefix="royalty-demo-") as tmp:
-            _story(Path(tmp) / "node", say)
+            _story(Path(tmp) / "node", say, pretrain_minutes)
         return
     if home.exists() and any(home.iterdir()):
         raise InvalidInput(f"{home} is not empty; the demo needs a new directory (or no --home)", field="home")
-    _story(home, say)
+    _story(home, say, pretrain_minutes)
 
 
 class SimulatedClock:
@@ -62,7 +80,7 @@ class SimulatedClock:
         self.offset_ms += seconds * 1000
 
 
-def _story(home: Path, say: Say) -> None:
+def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
     say("== 1. A node is born")
     clock = SimulatedClock()
     node, _ = init_node(home, clock=clock)
@@ -112,18 +130,19 @@ def _story(home: Path, say: Say) -> None:
         version = node.datanets.publish(datanet.slug, actor="ben")
         say(f"   accepted {len(queue)}; version {version.number}: {version.size} contributions, root {version.root.hex()[:16]}…")
 
+        _factory(node, home, datanet.slug, version.number, pretrain_minutes, say)
         _money(node, clock, say)
 
-        say("\n== 11. The journal")
+        say("\n== 12. The journal")
         for event in node.journal.events(limit=200):
             say(f"   #{event.seq:<3} {event.type:<22} leaf {event.leaf_hash.hex()[:16]}…")
 
-        say("\n== 12. The node signs a checkpoint (C2SP signed note, Ed25519)")
+        say("\n== 13. The node signs a checkpoint (C2SP signed note, Ed25519)")
         checkpoint = node.journal.checkpoint()
         for line in checkpoint.note.rstrip("\n").split("\n"):
             say(f"   | {line}")
 
-        say("\n== 13. An outsider checks ada's first contribution with only the proof and the node's public key")
+        say("\n== 14. An outsider checks ada's first contribution with only the proof and the node's public key")
         bundle = json.loads(json.dumps(node.datanets.proof(datanet.slug, queue[0].id, version=version.number)))
         say(f"   contribution {bundle['contribution_id'][:16]}… at position {bundle['position']} of {bundle['size']}")
         say(f"   proof: {len(bundle['proof'])} hashes to the version root, then journal event #{bundle['journal']['seq']} "
@@ -131,14 +150,14 @@ def _story(home: Path, say: Say) -> None:
         result = verify_proof(bundle, [node.signer.verifier_key])
         say(f"   verified: in version {result['version']} of {result['datanet']['slug']}, root signed by {result['origin']}")
 
-        say("\n== 14. The ledger audit replays every transfer and checks the invariants")
+        say("\n== 15. The ledger audit replays every transfer and checks the invariants")
         audit = audit_ledger(node)
         if not audit.ok:
             raise AssertionError(f"the ledger audit failed: {audit.problems[:3]}")
         say(f"   {audit.transfers} transfers and {audit.accounts} accounts replayed from {audit.ledger_events} journal "
             f"events: every balance matches, I1-I11 hold; supply {_open(audit.supply)}")
 
-        say("\n== 15. The whole journal is replayed from its leaves and verified")
+        say("\n== 16. The whole journal is replayed from its leaves and verified")
         report = node.journal.verify()
         say(
             f"   verified: {report.size} events, {report.checkpoints} signed checkpoint(s), "
@@ -147,25 +166,98 @@ def _story(home: Path, say: Say) -> None:
         say("\nDone: every state change is journaled, signed and independently verifiable.")
 
 
+# ben's TrainConfig for the demo adapter: small and quick on two CPU cores.
+DEMO_CONFIG = """\
+model:
+  base: {base}
+data:
+  datanets: [{ref}]
+  max_seq_len: 128
+  eval_fraction: 0.2
+lora:
+  r: 8
+  alpha: 16
+  target_modules: [q_proj, k_proj, v_proj, o_proj]
+train:
+  epochs: 8
+  learning_rate: 0.003
+  batch_size: 4
+  seed: 7
+output:
+  name: first-aid-helper
+  license: CC-BY-4.0
+price:
+  input_per_1k: "0.5"
+  output_per_1k: "1.5"
+"""
+
+
+def _factory(node: Any, home: Path, slug: str, version: int, pretrain_minutes: float, say: Say) -> None:
+    from .factory.basemodel import corpus_texts, init_tiny, pretrain
+    from .factory.config import load_config
+    from .factory.data import encode_chat
+
+    say("\n== 5. ben builds a small base model, then fine-tunes a LoRA adapter on version 1 (ModelFactory)")
+    base_dir = home / "models" / "tiny-llama"
+    texts = corpus_texts(None, None) + corpus_texts(node, f"{slug}@{version}")
+    identity = init_tiny(base_dir, texts, seed=0)
+    say(f"   {identity.architecture}, {identity.num_parameters:,} parameters, tokenizer trained here: {base_dir}")
+    stats = pretrain(base_dir, texts, minutes=pretrain_minutes, seed=0)
+    say(f"   pretrained {stats['steps']} steps in {stats['seconds']:.0f} s on the built-in corpus and the datanet")
+    config = home / "first-aid-helper.yaml"
+    config.write_text(DEMO_CONFIG.format(base=base_dir, ref=f"{slug}@{version}"), encoding="utf-8")
+    cfg = load_config(config)
+    say(f"   {config.name}: LoRA r={cfg.lora.r} on {', '.join(cfg.lora.target_modules)}, {cfg.train.epochs} epochs, "
+        f"seed {cfg.train.seed}")
+    # Registering an adapter costs a protocol fee (Params.adapter_registration_fee), paid by its owner.
+    node.tokens.faucet("ben", node.params.current().adapter_registration_fee, actor=node.operator())
+    result = node.factory.train(cfg, actor="ben")
+    run, ev, adapter = result.run, result.evaluation, result.adapter
+    say(f"   trained {run.steps} steps, {run.tokens:,} tokens in {run.seconds:.1f} s; train loss {run.train_loss:.3f}")
+    if ev:
+        say(f"   held-out ({ev['n_examples']} examples): perplexity {ev['base_perplexity']:.1f} (base) -> "
+            f"{ev['adapter_perplexity']:.1f} (adapter)")
+    manifest = adapter.manifest
+    say(f"   adapter {adapter.name}@{adapter.version} registered by ben ({_open(node.params.current().adapter_registration_fee)} fee)")
+    say(f"   royalty.json: base weights {manifest['base_model']['weights_sha256'][:16]}…, "
+        + ", ".join(f"{d['slug']}@{d['version']} root {d['root'][:16]}…" for d in manifest["datanets"])
+        + f", config {manifest['config_sha256'][:16]}…, {len(manifest['files'])} files hashed")
+    check = node.adapters.verify(f"{adapter.name}@{adapter.version}")
+    say(f"   royalty adapter verify: {'ok' if check['ok'] else check['problems']}")
+    question = "How do I treat a bee sting?"
+    answer = _generate(result.model, result.tokenizer, encode_chat(result.tokenizer, cfg.data.template,
+                                                                   [{"role": "user", "content": question}]))
+    say(f"   ask it {question!r}\n   it answers {answer!r}")
+
+
+def _generate(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int = 40) -> str:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True).strip()
+
+
 def _open(units: int, token: str = "OPEN") -> str:
     return f"{format_amount(units)} {token}"
 
 
 def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     operator = node.operator()
-    say("\n== 5. The operator funds the participants from the treasury (an admin-only faucet)")
+    say("\n== 6. The operator funds the participants from the treasury (an admin-only faucet)")
     for name, amount in (("ada", 30_000), ("ben", 10_000), ("cy", 100)):
         node.tokens.faucet(name, amount * UNIT, actor=operator)
         say(f"   {name:<4} receives {amount:>6,} OPEN")
 
-    say("\n== 6. ada and ben stake OPEN for gOPEN (1:1, non-transferable) and delegate their votes to themselves")
+    say("\n== 7. ada and ben stake OPEN for gOPEN (1:1, non-transferable) and delegate their votes to themselves")
     for name, amount in (("ada", 20_000), ("ben", 5_000)):
         node.staking.stake(name, amount * UNIT, actor=name)
         node.staking.delegate(name, name, actor=name)
         say(f"   {name:<4} staked {amount:,} OPEN; voting power {_open(node.staking.get_votes(name), 'gOPEN')}")
 
     params = node.params.current()
-    say("\n== 7. ada proposes a larger contributors' share of every inference fee")
+    say("\n== 8. ada proposes a larger contributors' share of every inference fee")
     say(f"   today: treasury {params.fee_treasury_bps / 100:g}%, adapter owner {params.fee_owner_bps / 100:g}%, "
         f"stakers {params.fee_stakers_bps / 100:g}%, contributors {params.fee_contributors_bps / 100:g}%")
     clock.skip(1)  # voting power counts from the second after it was delegated (no same-instant flash votes)
@@ -177,7 +269,7 @@ def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     say(f"   proposal {proposal.id}: {node.governance.state(proposal.id)}; voting opens after "
         f"{params.gov_voting_delay_s // 3600} h and lasts {params.gov_voting_period_s // 86_400} days")
 
-    say("\n== 8. Voting, then the timelock (simulated clock)")
+    say("\n== 9. Voting, then the timelock (simulated clock)")
     clock.skip(params.gov_voting_delay_s + 1)
     for name in ("ada", "ben"):
         vote = node.governance.vote(proposal.id, "for", actor=name)
@@ -191,7 +283,7 @@ def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     params = node.params.current()
     say(f"   executed: owner {params.fee_owner_bps / 100:g}%, contributors {params.fee_contributors_bps / 100:g}%")
 
-    say("\n== 9. cy's request: the fee is reserved first, then settled by the new split")
+    say("\n== 10. cy's request: the fee is reserved first, then settled by the new split")
     reservation = node.fees.reserve_fee("req-demo-1", "cy", 2 * UNIT, actor=operator)
     say(f"   reserved {_open(reservation.amount)} of cy's OPEN (a pending transfer that expires if never settled)")
     # Attribution (a later step of this story) will weigh the contributors; here ada's data is the only data.
@@ -201,7 +293,7 @@ def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     say(f"   treasury {_open(settlement.treasury)}, ben (adapter owner) {_open(settlement.owner_amount)}, "
         f"ada (contributor) {_open(settlement.contributors)}, stakers {_open(settlement.stakers)}")
 
-    say("\n== 10. Balances")
+    say("\n== 11. Balances")
     for name in ("ada", "ben", "cy"):
         b = node.tokens.balance(name)
         claim = node.staking.claimable(name)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from .accounts import Accounts
 from .datanet import Datanets
 from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
+from .factory import Factory
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
 from .ledger import Ledger
@@ -99,6 +100,7 @@ class Node:
         self.fees = Fees(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
         self.rewards = Rewards(store, self.ledger, self.tokens, self.accounts, self.params, clock)
         self.datanets.fees = self.fees  # publishing a datanet version charges the publishing fee
+        self.factory = Factory(self)
 
     @property
     def info(self) -> NodeInfo:

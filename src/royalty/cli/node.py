@@ -89,6 +89,10 @@ def demo(
         Path | None,
         typer.Option("--home", help="Run the story in this (new) directory and keep it. Default: a throwaway one.", show_default=False),
     ] = None,
+    pretrain_minutes: Annotated[
+        float, typer.Option("--pretrain-minutes", min=0.0, max=600.0,
+                            help="How long the demo pretrains its tiny base model (more gives more readable answers).")
+    ] = 1.0,
 ) -> None:
     """Run the end-to-end story on a throwaway node and verify everything it did."""
-    run_demo(home, typer.echo)
+    run_demo(home, typer.echo, pretrain_minutes=pretrain_minutes)
