@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ledger.py
 	$(PY) benchmarks/fees.py
 	$(PY) benchmarks/ledger_verify.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work

@@ -199,11 +199,15 @@ def _factory(node: Any, home: Path, slug: str, version: int, pretrain_minutes: f
 
     say("\n== 5. ben builds a small base model, then fine-tunes a LoRA adapter on version 1 (ModelFactory)")
     base_dir = home / "models" / "tiny-llama"
-    texts = corpus_texts(None, None) + corpus_texts(node, f"{slug}@{version}")
-    identity = init_tiny(base_dir, texts, seed=0)
+    general = corpus_texts(None, None)  # the built-in corpus: everyday English, no first-aid answers from the datanet
+    # The tokenizer also sees the datanet's words; the model's weights learn them only in the adapter.
+    identity = init_tiny(base_dir, general + corpus_texts(node, f"{slug}@{version}"), seed=0)
     say(f"   {identity.architecture}, {identity.num_parameters:,} parameters, tokenizer trained here: {base_dir}")
-    stats = pretrain(base_dir, texts, minutes=pretrain_minutes, seed=0)
-    say(f"   pretrained {stats['steps']} steps in {stats['seconds']:.0f} s on the built-in corpus and the datanet")
+    if pretrain_minutes > 0:
+        stats = pretrain(base_dir, general, minutes=pretrain_minutes, seed=0)
+        say(f"   pretrained {stats['steps']} steps in {stats['seconds']:.0f} s on the built-in corpus (general English)")
+    else:
+        say("   not pretrained (--pretrain-minutes 0): its answers will be noise")
     config = home / "first-aid-helper.yaml"
     config.write_text(DEMO_CONFIG.format(base=base_dir, ref=f"{slug}@{version}"), encoding="utf-8")
     cfg = load_config(config)
@@ -215,8 +219,8 @@ def _factory(node: Any, home: Path, slug: str, version: int, pretrain_minutes: f
     run, ev, adapter = result.run, result.evaluation, result.adapter
     say(f"   trained {run.steps} steps, {run.tokens:,} tokens in {run.seconds:.1f} s; train loss {run.train_loss:.3f}")
     if ev:
-        say(f"   held-out ({ev['n_examples']} examples): perplexity {ev['base_perplexity']:.1f} (base) -> "
-            f"{ev['adapter_perplexity']:.1f} (adapter)")
+        say(f"   held-out ({ev['examples']} examples): perplexity {ev['base_perplexity']:.1f} (base) -> "
+            f"{ev['perplexity']:.1f} (adapter)")
     manifest = adapter.manifest
     say(f"   adapter {adapter.name}@{adapter.version} registered by ben ({_open(node.params.current().adapter_registration_fee)} fee)")
     say(f"   royalty.json: base weights {manifest['base_model']['weights_sha256'][:16]}…, "

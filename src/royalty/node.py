@@ -27,6 +27,8 @@ from .accounts import Accounts
 from .datanet import Datanets
 from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .factory import Factory
+from .factory.adapters import Adapters
+from .factory.jobs import Jobs
 from .journal.checkpoint import Signer, create_key_file, load_key_file
 from .journal.log import Journal
 from .ledger import Ledger
@@ -100,6 +102,8 @@ class Node:
         self.fees = Fees(store, self.ledger, self.tokens, self.staking, self.accounts, self.params, clock)
         self.rewards = Rewards(store, self.ledger, self.tokens, self.accounts, self.params, clock)
         self.datanets.fees = self.fees  # publishing a datanet version charges the publishing fee
+        self.adapters = Adapters(store, self.journal, self.accounts, self.fees, self.home, clock)
+        self.jobs = Jobs(store, self.accounts, clock)
         self.factory = Factory(self)
 
     @property

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import RoyaltyError
-from . import account, datanet, gov, journal, ledger, model, node, rewards, serve, stake, train
+from . import account, adapter, datanet, gov, jobs, journal, ledger, model, node, rewards, serve, stake, train
 
 app = typer.Typer(
     name="royalty",
@@ -32,6 +32,8 @@ stake.register(app)
 app.add_typer(gov.app, name="gov")
 app.add_typer(rewards.app, name="rewards")
 app.add_typer(model.app, name="model")
+app.add_typer(adapter.app, name="adapter")
+app.add_typer(jobs.app, name="jobs")
 train.register(app)
 serve.register(app)
 

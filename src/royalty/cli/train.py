@@ -82,8 +82,8 @@ def _summary(result: Any, config: Path, overrides: list[str]) -> None:
     ev = result.evaluation
     if ev:
         typer.echo(
-            f"held-out ({ev['n_examples']} examples): loss {ev['base_loss']:.4f} → {ev['adapter_loss']:.4f}, "
-            f"perplexity {ev['base_perplexity']:.2f} → {ev['adapter_perplexity']:.2f} (base → adapter)")
+            f"held-out ({ev['examples']} examples): loss {ev['base_loss']:.4f} → {ev['loss']:.4f}, "
+            f"perplexity {ev['base_perplexity']:.2f} → {ev['perplexity']:.2f} (base → adapter)")
     a = result.adapter
     typer.echo(f"adapter {a.name}@{a.version} ({a.id}) registered; files in {a.path}")
     typer.echo(f"run directory: {run.out_dir}")

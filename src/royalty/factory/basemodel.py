@@ -102,6 +102,20 @@ class TinySpec:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def quiet_libraries() -> None:
+    """Silence what transformers and the hub print on their own (per-file progress bars, peft's use of a
+    deprecated property): royalty reports progress itself, and stray bars garble the CLI's output."""
+    import warnings
+
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    disable_progress_bars()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def init_tiny(
     out_dir: Path, texts: Iterable[str] | None = None, *, spec: TinySpec = TinySpec(), seed: int = 0
 ) -> BaseModelIdentity:
@@ -114,6 +128,7 @@ def init_tiny(
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    quiet_libraries()
     spec.check()
     out_dir = Path(out_dir)
     # Work on the absolute path: when out_dir is the working directory ("."), the final rename replaces it.
@@ -199,6 +214,7 @@ def load_tokenizer(ref: str) -> Any:
     """The tokenizer of base model ``ref`` (``AutoTokenizer``): a local folder, else a Hub id."""
     from transformers import AutoTokenizer
 
+    quiet_libraries()
     local = _resolve(ref)
     try:
         return AutoTokenizer.from_pretrained(str(local) if local else ref, local_files_only=local is not None)
@@ -371,6 +387,8 @@ def pretrain(
     caller's (``torch.set_num_threads``). Returns the stats also written to ``model_dir/pretrain.json``.
     """
     import torch
+
+    quiet_libraries()
 
     model_dir = Path(model_dir)
     if not minutes > 0:

@@ -224,7 +224,7 @@ class OutputSection(_Section):
         description=f"The adapter's name ({_SLUG_RULE}); registering the same name again makes its next version."
     )
     dir: Path | None = Field(
-        None, description="The run directory; empty = <home>/runs/<name>. Not part of the config hash."
+        None, description="The run directory; empty = <home>/runs/<name>/<key>, the key hashing this config (and the parent adapter of a --continue-from run), so --resume finds it again. Not part of the config hash."
     )
     license: str = Field(
         "other",
@@ -637,7 +637,7 @@ train:
 
 output:
   name: first-aid-helper         # required: the adapter's name
-  dir: null                      # null = <home>/runs/<name>
+  dir: null                      # null = <home>/runs/<name>/<config key>
   license: other                 # SPDX id of the adapter, e.g. CC-BY-4.0
 
 price:                           # OPEN per 1,000 tokens when the adapter is served

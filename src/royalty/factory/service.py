@@ -62,9 +62,15 @@ class Factory:
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def out_dir(self, cfg: TrainConfig) -> Path:
-        """Where a run writes: ``output.dir`` when given, else ``<home>/runs/<output.name>``."""
-        return Path(cfg.output.dir) if cfg.output.dir is not None else self.node.home / "runs" / cfg.output.name
+    def out_dir(self, cfg: TrainConfig, parent: Adapter | None = None) -> Path:
+        """Where a run writes: ``output.dir`` when given, else ``<home>/runs/<output.name>/<key>`` where the key
+        hashes the config and the parent adapter. So the same config (and parent) finds its run again for
+        ``--resume``, and a changed config or a "continue" run gets a new directory instead of a refusal; an
+        explicit ``output.dir`` written by a different config is refused by ``train.setup``."""
+        if cfg.output.dir is not None:
+            return Path(cfg.output.dir)
+        key = hashlib.sha256(f"{cfg.config_hash()}:{parent.manifest_sha256 if parent else ''}".encode()).hexdigest()
+        return self.node.home / "runs" / cfg.output.name / key[:12]
 
     def preview(self, cfg: TrainConfig, n: int = 3) -> str:
         """The token-by-token view of the first ``n`` training examples, trained tokens marked."""
@@ -101,7 +107,7 @@ class Factory:
         self._check_fee(owner.id)
         parent_adapter = node.adapters.get(parent) if parent is not None else None
         run = setup(
-            node, cfg, out_dir=self.out_dir(cfg), resume=resume,
+            node, cfg, out_dir=self.out_dir(cfg, parent_adapter), resume=resume,
             init_adapter=None if parent_adapter is None else parent_adapter.path,
             callbacks=callbacks, events=events, should_stop=should_stop, progress=progress,
         )

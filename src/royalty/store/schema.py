@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -534,3 +535,65 @@ APPEND_ONLY = APPEND_ONLY_STAKING_GOVERNANCE + APPEND_ONLY_FEES_REWARDS + (
     "ledger_failures",
     "ledger_params",
 )
+
+# --- ModelFactory: adapters and jobs (royalty.factory; migration 0008) -------------------------------------------
+# One row per registered adapter version: its files live in ``path`` (<home>/adapters/<name>/v<version>/),
+# ``manifest`` is the text of its royalty.json and ``manifest_sha256`` the SHA-256 of that text (journaled by the
+# adapter.registered event ``event_seq``). status: registered | published | deprecated; rows are never deleted
+# and a deprecated row never changes again (triggers). Prices are base units per 1,000 tokens.
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("owner_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("base_model", Text, nullable=False),
+    Column("base_weights_sha256", String(64), nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("price_in_per_1k", BigInteger, nullable=False),
+    Column("price_out_per_1k", BigInteger, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("parent_id", String(40), ForeignKey("adapters.id"), nullable=True),  # lineage: "continue" runs
+    Index("ix_adapters_name_version", "name", "version", unique=True),
+)
+
+# Background work (royalty.factory.jobs): queued → running → succeeded | failed | canceled. A worker claims a
+# queued row, refreshes heartbeat_ms while it runs, and writes result (JSON) or error (one line) at the end.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON object, the kind's input
+    Column("actor", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+    Column("finished_ms", BigInteger, nullable=True),
+    Column("heartbeat_ms", BigInteger, nullable=True),
+    Column("worker", String(128), nullable=True),  # "host:pid" of the claiming worker
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("result", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_jobs_queue", "status", "created_ms"),
+)
+
+# A job's progress events, seq 0, 1, 2, ... per job; append-only so a client that reconnects replays exactly what
+# it missed (``royalty jobs logs ID --after SEQ``).
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("job_id", String(40), ForeignKey("jobs.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", Text, nullable=False),  # JSON object
+)
+
+APPEND_ONLY_FACTORY: tuple[str, ...] = ("job_events",)
+APPEND_ONLY = APPEND_ONLY + APPEND_ONLY_FACTORY

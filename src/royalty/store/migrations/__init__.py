@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from ...errors import DatabaseTooNew, StorageError
 from ..engine import Store
 
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 HEAD = REVISIONS[-1]
 SCRIPT_LOCATION = Path(__file__).parent
 
