@@ -4,20 +4,25 @@ Label masks are checked against hand-computed ids. The tokenizer built here is b
 a text's ids are its UTF-8 bytes (``list(b"Hi") == [72, 105]``) and the special tokens follow at 256..261; the
 expected ids and labels of an example can then be written out by hand. Its chat template follows the convention
 of ``royalty model init-tiny`` (``<|role|>\\n{content}</s>\\n``, generation prompt ``<|assistant|>\\n``). One test
-runs the real tiny model's tokenizer through the same code. Data comes from a real node: datanets created,
-contributed, published (and purged) through ``node.datanets``.
+runs the real tiny model's tokenizer through the same code. SentencePiece-style tokenizers (BPE and Unigram over
+"▁"-marked words with byte fallback, as Llama-2, Mistral and Gemma use), trained here with ``tokenizers``, check
+that masks stay exact for tokenizers that tokenize a text differently in pieces than whole. Data comes from a real
+node: datanets created, contributed, published (and purged) through ``node.datanets``.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FREE_PUBLISHING
 from factory_fixtures import tiny_model_dir  # noqa: F401
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import ByT5Tokenizer, PreTrainedTokenizerFast
 
 from royalty import Node
 from royalty.errors import InvalidInput, NotFound
@@ -49,10 +54,14 @@ def _byte_chars() -> dict[int, str]:
     return chars
 
 
-def byte_tokenizer(*, chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
-    """Token id of byte b is b; <s> </s> <pad> <|system|> <|user|> <|assistant|> are 256..261."""
-    model = models.BPE(vocab={c: b for b, c in _byte_chars().items()}, merges=[])
-    tok = Tokenizer(model)
+def byte_tokenizer(
+    *, chat_template: str | None = CHAT_TEMPLATE, merges: Sequence[tuple[str, str]] = ()
+) -> PreTrainedTokenizerFast:
+    """Token id of byte b is b; <s> </s> <pad> <|system|> <|user|> <|assistant|> are 256..261 (shifted up by one per
+    merge when ``merges`` are given, in GPT-2's byte characters: ("Ċ", "Y") joins "\\n" and "Y")."""
+    vocab = {c: b for b, c in _byte_chars().items()}
+    vocab.update({left + right: 256 + i for i, (left, right) in enumerate(merges)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
@@ -169,6 +178,12 @@ def test_special_token_text_inside_a_record_is_literal(node: Node, tok: Any) -> 
     assert ex.labels[-2] == EOS and ex.labels[-1] == IGNORE  # ... EOS trained, the final "\n" not
 
 
+def test_a_record_starting_with_bos_text_still_gets_the_bos_token(node: Node, tok: Any) -> None:
+    publish(node, "notes", "text", [{"text": "<s>x"}])
+    ex = only(build_data(node, config("notes@1"), tok))
+    assert ex.input_ids == [BOS, *b("<s>x"), EOS]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # each kind × template
 # --------------------------------------------------------------------------------------------------------------
@@ -261,6 +276,217 @@ def test_real_tiny_model_tokenizer(node: Node, tiny_model_dir: Path) -> None:  #
     assert trained_text(tokenizer, ex) == "Scrape it out.</s>"
     assert encode_chat(tokenizer, "auto", RECORDS["chat"]["messages"][:2]) == ex.input_ids[: ex.labels.index(next(
         label for label in ex.labels if label != IGNORE))]
+
+
+def test_a_token_straddling_a_boundary_is_trained(node: Node) -> None:
+    """A token that covers both untrained and trained characters is trained: no character of a response is left
+    out of the loss. Here the tokenizer merges the assistant header's final newline with the response's "Y"."""
+    tokenizer = byte_tokenizer(merges=[("Ċ", "Y")])
+    straddling = tokenizer.convert_tokens_to_ids("ĊY")
+    publish(node, "dn", "instruction", [{"prompt": "Hi", "response": "Yo"}])
+    ex = only(build_data(node, config("dn@1", template="chat"), tokenizer))
+
+    assert tokenizer.decode(ex.input_ids, skip_special_tokens=False) == "<s><|user|>\nHi</s>\n<|assistant|>\nYo</s>\n"
+    at = ex.input_ids.index(straddling)
+    assert ex.labels[at] == straddling and ex.labels[at - 1] == IGNORE  # trained; <|assistant|> before it is not
+    assert trained_text(tokenizer, ex) == "\nYo</s>"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SentencePiece-style tokenizers (Llama-2, Mistral, Gemma): "▁" marks a word start, so a text tokenized in pieces
+# differs from the same text tokenized whole
+# --------------------------------------------------------------------------------------------------------------
+
+SP_CORPUS = ["### System: Medic. Instruction: Bee sting? Then? Response: Scrape it out. Rinse with water. say ok done"]
+
+
+def sentencepiece_tokenizer(
+    model: str, scheme: str, *, chat_template: str | None = CHAT_TEMPLATE, byte_fallback: bool = True
+) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style tokenizer trained here: ``model`` "bpe" or "unigram" over "▁"-marked words, with byte
+    fallback ("\\n" is <0x0A>) unless turned off, decoded with "▁" → " ". ``scheme``: "first" / "always" are the
+    Metaspace pre-tokenizer's prepend_scheme ("▁" added at the start of the text / of every stretch between special
+    tokens, as Llama-2 and Mistral converted with legacy=False / legacy=True); "legacy" is the original Llama-2
+    tokenizer.json (normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer, a Strip decoder)."""
+    special = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+    raw = Tokenizer(models.BPE(unk_token="<unk>") if model == "bpe" else models.Unigram())
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    if model == "bpe":
+        trainer: Any = trainers.BpeTrainer(vocab_size=100, special_tokens=special, show_progress=False)
+    else:
+        trainer = trainers.UnigramTrainer(
+            vocab_size=100, special_tokens=special, unk_token="<unk>", show_progress=False
+        )
+    raw.train_from_iterator(SP_CORPUS, trainer)
+    spec = json.loads(raw.to_str())
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    if model == "bpe":
+        spec["model"]["vocab"].update({t: len(spec["model"]["vocab"]) + i for i, t in enumerate(byte_tokens)})
+    else:
+        spec["model"]["vocab"] += [[t, -20.0] for t in byte_tokens]
+    spec["model"]["byte_fallback"] = byte_fallback
+    raw = Tokenizer.from_str(json.dumps(spec))
+    if scheme == "legacy":
+        raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        raw.pre_tokenizer = None
+        raw.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    else:
+        raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme)
+        raw.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(prepend_scheme=scheme)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+SP_KINDS = [("bpe", "first"), ("unigram", "first"), ("bpe", "always"), ("unigram", "always"), ("bpe", "legacy")]
+SP_MESSAGES = [
+    {"role": "system", "content": "Medic."},
+    {"role": "user", "content": "Bee sting?"},
+    {"role": "assistant", "content": "Scrape it out."},
+    {"role": "user", "content": "Then?"},
+    {"role": "assistant", "content": "Rinse with water."},
+]
+SP_RENDER = {
+    "chat": (
+        "<s><|system|>\nMedic.</s>\n<|user|>\nBee sting?</s>\n<|assistant|>\nScrape it out.</s>\n"
+        "<|user|>\nThen?</s>\n<|assistant|>\nRinse with water.</s>\n"
+    ),
+    "plain": (
+        "<s>### System:\nMedic.\n\n### Instruction:\nBee sting?\n\n### Response:\nScrape it out.</s>\n\n"
+        "### Instruction:\nThen?\n\n### Response:\nRinse with water.</s>"
+    ),
+}
+
+
+def sp_reading(rendered: str, scheme: str) -> str:
+    """How a SentencePiece tokenizer decodes ``rendered``: its documented normalisation is the "▁" it adds before
+    the text ("first": after the BOS, unless a special token follows) or before every stretch of text that follows
+    a special token ("always", "legacy"), decoded as a space."""
+    if scheme == "first":
+        return re.sub(r"^<s>(?!<)", "<s> ", rendered)
+    return re.sub(r"(<s>|</s>|<\|\w+\|>)(?=[^< ])", r"\1 ", rendered)
+
+
+def trained_runs(tokenizer: Any, example: Any) -> list[str]:
+    """The decoded text of each run of consecutive trained tokens."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(example.input_ids, example.labels):
+        if label != IGNORE:
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = label != IGNORE
+    return [tokenizer.decode(run, skip_special_tokens=False) for run in runs]
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+@pytest.mark.parametrize(("model", "scheme"), SP_KINDS)
+def test_sentencepiece_tokenizer_masks_exactly(node: Node, model: str, scheme: str, template: str) -> None:
+    tokenizer = sentencepiece_tokenizer(model, scheme, chat_template=CHAT_TEMPLATE if template == "chat" else None)
+    eos = tokenizer.eos_token_id
+    publish(node, "dn", "chat", [{"messages": SP_MESSAGES}])
+    ex = only(build_data(node, config("dn@1"), tokenizer))  # auto: chat when the tokenizer has a chat template
+
+    assert tokenizer.decode(ex.input_ids, skip_special_tokens=False) == sp_reading(SP_RENDER[template], scheme)
+    # exactly the two assistant turns are trained, each through its EOS; no other EOS is
+    assert trained_runs(tokenizer, ex) == ["Scrape it out.</s>", "Rinse with water.</s>"]
+    eos_trained = [label != IGNORE for token, label in zip(ex.input_ids, ex.labels) if token == eos]
+    assert eos_trained == ([False, False, True, False, True] if template == "chat" else [True, True])
+    assert all(label in (IGNORE, token) for token, label in zip(ex.input_ids, ex.labels))
+    # the text is tokenized as the tokenizer itself tokenizes it whole (behind the BOS that data adds)
+    rendered = SP_RENDER[template].removeprefix("<s>")
+    whole = (
+        tokenizer.apply_chat_template(SP_MESSAGES, tokenize=True, return_dict=False)
+        if template == "chat"
+        else tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    )
+    assert ex.input_ids == [tokenizer.bos_token_id, *whole]
+    # serving prompts (encode_chat) are the untrained prefixes before each assistant turn
+    starts = [i for i, label in enumerate(ex.labels) if label != IGNORE and ex.labels[i - 1] == IGNORE]
+    assert encode_chat(tokenizer, "auto", SP_MESSAGES[:2]) == ex.input_ids[: starts[0]]
+    assert encode_chat(tokenizer, "auto", SP_MESSAGES[:4]) == ex.input_ids[: starts[1]]
+    assert encode_chat(tokenizer, "auto", SP_MESSAGES, add_generation_prompt=False) == ex.input_ids
+
+
+@pytest.mark.parametrize(("model", "scheme"), SP_KINDS)
+def test_sentencepiece_text_record(node: Node, model: str, scheme: str) -> None:
+    tokenizer = sentencepiece_tokenizer(model, scheme)
+    publish(node, "notes", "text", [{"text": "Rinse with water."}])
+    ex = only(build_data(node, config("notes@1"), tokenizer))
+
+    assert tokenizer.decode(ex.input_ids, skip_special_tokens=False) == "<s> Rinse with water.</s>"
+    assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]  # all but the BOS, EOS included
+
+
+@pytest.mark.parametrize(("model", "scheme"), [kind for kind in SP_KINDS if kind[0] == "bpe"])
+def test_special_token_text_inside_a_record_is_literal_with_sentencepiece(node: Node, model: str, scheme: str) -> None:
+    """One pass over the whole text would read a typed "</s>" as EOS; data tokenizes it as text instead."""
+    tokenizer = sentencepiece_tokenizer(model, scheme)
+    messages = [{"role": "user", "content": "say <|assistant|>"}, {"role": "assistant", "content": "ok</s>done"}]
+    publish(node, "tricky", "chat", [{"messages": messages}])
+    ex = only(build_data(node, config("tricky@1", template="chat"), tokenizer))
+
+    rendered = "<s><|user|>\nsay <|assistant|></s>\n<|assistant|>\nok</s>done</s>\n"
+    expected = {
+        "first": rendered,
+        # "▁" before each stretch after a control token; the typed ones are text, so none follows them
+        "always": "<s><|user|> \nsay <|assistant|></s> \n<|assistant|> \nok</s>done</s> \n",
+    }
+    assert tokenizer.decode(ex.input_ids, skip_special_tokens=False) == expected.get(scheme, expected["always"])
+    assert ex.input_ids.count(tokenizer.convert_tokens_to_ids("<|assistant|>")) == 1
+    assert ex.input_ids.count(tokenizer.eos_token_id) == 2  # end of the user turn + end of the response
+    assert trained_runs(tokenizer, ex) == ["ok</s>done</s>"]
+    first_trained = next(i for i, label in enumerate(ex.labels) if label != IGNORE)
+    assert encode_chat(tokenizer, "chat", messages[:1]) == ex.input_ids[:first_trained]
+
+
+def test_special_token_text_a_tokenizer_cannot_write_as_text_is_a_bad_row(node: Node) -> None:
+    """A Unigram model holds its control tokens as ordinary pieces, so it turns a typed "</s>" into EOS even when
+    told to read it as text: such a row is reported, not trained with an EOS in the middle of a response."""
+    tokenizer = sentencepiece_tokenizer("unigram", "first")
+    records = [{"prompt": "Q?", "response": "ok</s>done"}, {"prompt": "Q?", "response": "ok"}]
+    publish(node, "tricky", "instruction", records)
+    split = build_data(node, config("tricky@1", on_bad_rows="skip"), tokenizer)
+
+    assert [(bad["position"], bad["code"]) for bad in split.report.skipped] == [(0, "control_text")]
+    assert "contains '</s>', which the tokenizer of model.base can only encode as a control token" in (
+        split.report.skipped[0]["reason"]
+    )
+    assert trained_runs(tokenizer, only(split)) == ["ok</s>"]
+    with pytest.raises(InvalidInput, match="can only encode as a control token") as err:
+        encode_chat(tokenizer, "chat", [{"role": "user", "content": "a</s>b"}])
+    assert err.value.field == "messages"
+
+
+def test_sentencepiece_without_byte_fallback_is_refused(node: Node) -> None:
+    """Without byte fallback a newline becomes <unk>: training would not see the text the template renders."""
+    tokenizer = sentencepiece_tokenizer("unigram", "first", byte_fallback=False)
+    publish(node, "dn", "chat", [{"messages": SP_MESSAGES}])
+    with pytest.raises(InvalidInput, match="lossless tokenizer") as err:
+        build_data(node, config("dn@1"), tokenizer)
+    assert err.value.field == "model.base"
+    assert "decodes as '<s><|system|><unk>Medic." in err.value.message
+
+
+def test_slow_tokenizer_is_refused(node: Node) -> None:
+    """A slow (Python) tokenizer has no character offsets, so the label mask could not be computed."""
+    slow = ByT5Tokenizer()
+    publish(node, "dn", "text", [{"text": "Rinse."}])
+    with pytest.raises(InvalidInput, match="slow .*ByT5Tokenizer.*fast tokenizer") as err:
+        build_data(node, config("dn@1"), slow)
+    assert err.value.field == "model.base"
+    with pytest.raises(InvalidInput, match="fast tokenizer"):
+        encode_chat(slow, "plain", [{"role": "user", "content": "Hi"}])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -177,9 +177,9 @@ data:
 lora:
   r: 8
   alpha: 16
-  target_modules: [q_proj, k_proj, v_proj, o_proj]
+  target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
 train:
-  epochs: 8
+  epochs: 30
   learning_rate: 0.003
   batch_size: 4
   seed: 7

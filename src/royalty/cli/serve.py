@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
             # Move everything imported so far out of the collector's view: full collections otherwise scan
             # ~100,000 long-lived library objects and pause every request 30-70 ms (the ledger benchmark's p99).
             gc.freeze()
-            uvicorn.run(app, host=host, port=port, log_level=log_level)
+            # Open event streams (job progress) would otherwise hold Ctrl-C; clients reconnect with Last-Event-ID.
+            uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
         finally:
             node.close()

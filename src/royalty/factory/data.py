@@ -12,21 +12,39 @@ Rendering. Every record becomes a list of *pieces* (text, trained?) whose concat
   the same), turns separated by a blank line, each response followed by EOS, trained.
 - ``auto`` is ``chat`` when the tokenizer has a chat template, else ``plain``.
 
-Tokenizing. Each piece is tokenized on its own and the ids are concatenated (BOS first when the tokenizer has
-one and the text does not start with it). So the trained/untrained boundary is exact, and the prompt of a
-training example is token for token what :func:`encode_chat` gives at serving time. Record contents are
-tokenized as literal text (a ``</s>`` typed into a record is characters, not the EOS token); only the template
-writes control tokens. Every example is checked: ``decode(input_ids)`` must equal the rendered text, which holds
-for lossless tokenizers (byte-level BPE); a tokenizer that fails it is refused rather than trained on text that
-differs from what the template renders. An example longer than ``data.max_seq_len`` keeps its first
+Tokenizing. The pieces are joined into the example's text, which is tokenized once, whole, by the model's fast
+tokenizer (``return_offsets_mapping``, no special tokens added; BOS is prepended when the tokenizer has one and the
+template did not write it). So the ids are the tokenizer's own tokenization of the rendered text, whatever its
+kind: byte-level BPE, or SentencePiece-style tokenizers that mark a word start with "▁" and so tokenize a text
+differently in pieces than whole (Llama-2, Mistral, Gemma). A token is trained when its character span overlaps a
+trained piece: a token straddling the boundary (a merge of the header's last character with the response's first)
+is trained, so no character of a response is left out of the loss, and the EOS of a trained turn, written inside
+the trained piece, is always trained. The serving prompt (:func:`encode_chat`) is the same text up to the
+assistant header tokenized the same way, hence token for token the untrained prefix of a training example
+wherever the tokenizer does not merge across that boundary (headers end in a newline or a control token).
+
+Special-token text in record contents (a ``</s>`` typed into a response) is text, not a control token; only the
+template writes control tokens. The whole-text pass turns every special-token string into its token, so when one
+of them lies inside a record's content, the text is cut around each such occurrence: the occurrence is tokenized
+as plain text (``split_special_tokens``) and the stretches between occurrences normally, each stretch after the
+start behind a newline whose tokens are dropped, so that SentencePiece does not mark it as the start of a text
+(transformers' ``apply_chat_template(sanitize_control_tokens=True)`` does the same). A tokenizer that produces the
+control token even from plain text (Unigram models hold control tokens as ordinary pieces) makes such a row bad.
+A slow (Python) tokenizer has no character offsets and is refused.
+
+Every example is checked: ``decode(input_ids)`` must read as the rendered text, up to one space more or less at
+the start and after a special token (the "▁" SentencePiece adds there, decoded as a space). A tokenizer that fails
+it (words it cannot encode become ``<unk>``, a decoder that loses whitespace) is refused rather than trained on
+text that differs from what the template renders. An example longer than ``data.max_seq_len`` keeps its first
 ``max_seq_len`` tokens (a response cut short loses its EOS; the preview says so).
 
 Bad rows (``data.on_bad_rows``): a contribution purged after the version was published (its content is gone),
 an example whose trained tokens are all cut off by ``max_seq_len``, a conversation the chat template cannot
-render. With ``error`` they are reported in one InvalidInput before any training (datanet@version, position,
-contribution id, reason and fix; the first 50 one by one, the rest counted by kind); with ``skip`` they are left
-out and recorded in ``DataReport.skipped``. A datanet listed twice in the config is refused by the config;
-a version that is not published is NotFound (all such refs reported together).
+render, special-token text the tokenizer cannot encode as text. With ``error`` they are reported in one
+InvalidInput before any training (datanet@version, position, contribution id, reason and fix; the first 50 one by
+one, the rest counted by kind); with ``skip`` they are left out and recorded in ``DataReport.skipped``. A datanet
+listed twice in the config is refused by the config; a version that is not published is NotFound (all such refs
+reported together).
 
 Eval split: a contribution is held out when SHA-256(seed, contribution id) falls below ``eval_fraction``, so the
 split does not depend on row order, and the same record in two datanets (same content = same id) lands on the
@@ -35,9 +53,13 @@ same side (no train/eval leakage).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
+import os
 import random
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -88,7 +110,7 @@ class DataReport:
     truncated: int = 0
     tokens: int = 0
     trained_tokens: int = 0
-    # [{datanet, version, position, contribution_id, code (purged | too_long | template), reason, fix}]
+    # [{datanet, version, position, contribution_id, code (purged | too_long | template | control_text), reason, fix}]
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +133,7 @@ class _Piece(NamedTuple):
 
 
 class _BadRow(Exception):
-    """A row that cannot be trained on. ``code``: purged | too_long | template."""
+    """A row that cannot be trained on. ``code``: purged | too_long | template | control_text."""
 
     def __init__(self, code: str, reason: str, fix: str) -> None:
         self.code, self.reason, self.fix = code, reason, fix
@@ -121,12 +143,12 @@ def build_data(node: Node, cfg: TrainConfig, tokenizer: Any) -> DataSplit:
     """Tokenized train and eval examples of the config's datanet versions, with label masks.
 
     Raises NotFound naming every datanet ref whose datanet or version does not exist; InvalidInput when the
-    tokenizer cannot be used (no EOS, no chat template for ``template: chat``, lossy), when ``on_bad_rows`` is
+    tokenizer cannot be used (slow, no EOS, no chat template for ``template: chat``, lossy), when ``on_bad_rows`` is
     ``error`` and any row is bad (all listed: datanet@version, position, contribution id, reason, fix), or when
     no training example is left.
     """
     template = _resolve_template(tokenizer, cfg.data.template)
-    _check_tokenizer(tokenizer)
+    encoder = _Encoder(tokenizer)
     refs = _resolve_refs(node, cfg)
     report = DataReport(template=template)
     built: list[Example] = []
@@ -134,7 +156,7 @@ def build_data(node: Node, cfg: TrainConfig, tokenizer: Any) -> DataSplit:
         for row in list(node.datanets.rows(dn.slug, version=version.number)):
             report.rows += 1
             try:
-                ids, labels, truncated = _encode_row(tokenizer, template, dn.kind, row, cfg.data.max_seq_len)
+                ids, labels, truncated = _encode_row(encoder, template, dn.kind, row, cfg.data.max_seq_len)
             except _BadRow as bad:
                 report.skipped.append(
                     {
@@ -233,15 +255,15 @@ def encode_chat(
                 f"messages[{i}] must be {{role: system|user|assistant, content: text}}", field=f"messages[{i}]"
             )
     resolved = _resolve_template(tokenizer, template)
-    _check_tokenizer(tokenizer)
+    encoder = _Encoder(tokenizer)
     try:
         if resolved == "plain":
             pieces = _plain_pieces(tokenizer, messages, add_generation_prompt)
         else:
             pieces = _chat_template_pieces(tokenizer, messages, add_generation_prompt)
+        ids, _ = encoder.encode(pieces)
     except _BadRow as bad:
         raise InvalidInput(f"{bad.reason}; {bad.fix}", field="messages") from None
-    ids, _ = _tokenize(tokenizer, pieces)
     return ids
 
 
@@ -318,6 +340,13 @@ def _resolve_template(tokenizer: Any, template: str) -> str:
 
 
 def _check_tokenizer(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise InvalidInput(
+            f"the tokenizer of model.base is a slow (Python) tokenizer ({type(tokenizer).__name__}), which cannot say "
+            "which characters each token covers, so trained tokens cannot be marked: use the fast tokenizer (give "
+            "model.base a tokenizer.json; transformers.convert_slow_tokenizer builds one for most slow tokenizers)",
+            field="model.base",
+        )
     eos = tokenizer.eos_token
     if eos is None or tokenizer.eos_token_id is None:
         raise InvalidInput(
@@ -336,7 +365,7 @@ def _check_tokenizer(tokenizer: Any) -> None:
 
 
 def _encode_row(
-    tokenizer: Any, template: str, kind: str, row: dict[str, Any], max_len: int
+    encoder: _Encoder, template: str, kind: str, row: dict[str, Any], max_len: int
 ) -> tuple[list[int], list[int], bool]:
     """(input_ids, labels, truncated) of one row; _BadRow when it cannot be trained on."""
     if row["purged"]:
@@ -345,12 +374,13 @@ def _encode_row(
             "purged after this version was published: its content is erased",
             "train on a version published after the purge (royalty datanet publish)",
         )
+    tokenizer = encoder.tokenizer
     if kind == "text":
         pieces = [_Piece(row["text"], True, True), _Piece(tokenizer.eos_token, True)]
     else:
         render = _plain_pieces if template == "plain" else _chat_template_pieces
         pieces = render(tokenizer, _messages(kind, row), False)
-    ids, labels = _tokenize(tokenizer, pieces)
+    ids, labels = encoder.encode(pieces)
     if len(ids) <= max_len:
         return ids, labels, False
     if all(label == IGNORE for label in labels[:max_len]):
@@ -462,33 +492,146 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_promp
 # --- tokenizing --------------------------------------------------------------------------------------------------
 
 
-def _tokenize(tokenizer: Any, pieces: list[_Piece]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of the pieces, each tokenized on its own, BOS prepended when the tokenizer has one and
-    the text does not already start with it. Refuses (InvalidInput) a tokenizer whose ids do not decode back to
-    the rendered text."""
-    text = "".join(p.text for p in pieces)
-    ids: list[int] = []
-    labels: list[int] = []
-    bos = tokenizer.bos_token
-    if bos is not None and tokenizer.bos_token_id is not None and not text.startswith(bos):
-        ids.append(tokenizer.bos_token_id)
-        labels.append(IGNORE)
-        text = bos + text
-    for piece in pieces:
-        if not piece.text:
-            continue
-        piece_ids = tokenizer(piece.text, add_special_tokens=False, split_special_tokens=piece.literal)["input_ids"]
-        ids += piece_ids
-        labels += piece_ids if piece.trained else [IGNORE] * len(piece_ids)
-    decoded = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if decoded != text:
-        raise InvalidInput(
-            "the tokenizer of model.base does not reproduce the text when it is tokenized piece by piece "
-            f"(expected {text[:60]!r}, decoded {decoded[:60]!r}): training needs a lossless tokenizer such as "
-            "byte-level BPE",
-            field="model.base",
+class _Encoder:
+    """Rendered pieces → (input_ids, labels) with one fast tokenizer; what every row needs is computed once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        _check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        special = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self.special_ids = frozenset(special)
+        # Longest first, so that a special token wins over a shorter one it contains.
+        strings = sorted(set(special.values()), key=len, reverse=True)
+        self.special_re = re.compile("|".join(map(re.escape, strings)) or "(?!)")
+        bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+        self.bos: tuple[str, int] | None = (bos, bos_id) if bos is not None and bos_id is not None else None
+
+    def encode(self, pieces: list[_Piece]) -> tuple[list[int], list[int]]:
+        """(input_ids, labels): the rendered text tokenized once, BOS prepended when the tokenizer has one and the
+        template did not write it; a token is trained when its character span overlaps a trained piece.
+        InvalidInput when the ids do not decode back to the text."""
+        text = "".join(p.text for p in pieces)
+        trained: list[tuple[int, int]] = []
+        literal: list[tuple[int, int]] = []
+        at = 0
+        for piece in pieces:
+            end = at + len(piece.text)
+            if piece.trained and end > at:
+                trained.append((at, end))
+            if piece.literal and end > at:
+                literal.append((at, end))
+            at = end
+        ids, offsets = self._tokenize(text, literal)
+        labels = [t if _overlaps(span, trained) else IGNORE for t, span in zip(ids, offsets)]
+        if self.bos is not None and ids[:1] != [self.bos[1]]:  # a BOS written by the template, not typed text
+            ids, labels, text = [self.bos[1], *ids], [IGNORE, *labels], self.bos[0] + text
+        decoded = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        where = _first_difference(text, decoded, self.special_re)
+        if where is not None:
+            i, j = where
+            raise InvalidInput(
+                f"the tokenizer of model.base does not reproduce the training text: {text[max(0, i - 20) : i + 20]!r} "
+                f"decodes as {decoded[max(0, j - 20) : j + 20]!r}; training needs a lossless tokenizer such as "
+                "byte-level BPE or SentencePiece with byte fallback",
+                field="model.base",
+            )
+        return ids, labels
+
+    def _tokenize(self, text: str, literal: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, character spans) of ``text``, where special-token text inside the ``literal`` spans (record
+        contents) is plain text. Usually one pass; the stretches between such typed special tokens are tokenized
+        apart only when a record contains one."""
+        ids, offsets = self._call(text, as_text=False)
+        typed = [span for t, span in zip(ids, offsets) if t in self.special_ids and _overlaps(span, literal)]
+        if not typed:
+            return ids, offsets
+        parts: list[tuple[int, int, bool]] = []  # (start, end, as_text): typed tokens and the stretches around them
+        at = 0
+        for start, end in typed:
+            parts += [(at, start, False), (start, end, True)]
+            at = end
+        parts.append((at, len(text), False))
+        ids, offsets = [], []
+        for start, end, as_text in parts:
+            part_ids, part_offsets = self._part(text, start, end, as_text)
+            if as_text and self.special_ids.intersection(part_ids):
+                # A tokenizer whose model has the control token as an ordinary piece (Unigram vocabularies do)
+                # produces it from plain text too: the typed text cannot be kept apart from the control token.
+                raise _BadRow(
+                    "control_text",
+                    f"the text contains {text[start:end]!r}, which the tokenizer of model.base can only encode as a "
+                    "control token",
+                    "remove it from the record, or use a base model whose tokenizer encodes it as text",
+                )
+            ids += part_ids
+            offsets += part_offsets
+        return ids, offsets
+
+    def _part(self, text: str, start: int, end: int, as_text: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, spans in ``text``) of ``text[start:end]`` tokenized as the continuation of what precedes it."""
+        if start == end:
+            return [], []
+        if start == 0:
+            return self._call(text[:end], as_text=as_text)
+        # A part after the start is tokenized behind a newline whose tokens are then dropped, so a tokenizer that
+        # marks the start of a text (SentencePiece's prefix "▁") does not mark this part as one; transformers'
+        # apply_chat_template(sanitize_control_tokens=True) does the same. Without a clean cut after the newline,
+        # the part is tokenized on its own.
+        ids, offsets = self._call("\n" + text[start:end], as_text=as_text)
+        if all(e <= 1 or s >= 1 for s, e in offsets):
+            return (
+                [t for t, (s, _) in zip(ids, offsets) if s >= 1],
+                [(s + start - 1, e + start - 1) for s, e in offsets if s >= 1],
+            )
+        ids, offsets = self._call(text[start:end], as_text=as_text)
+        return ids, [(s + start, e + start) for s, e in offsets]
+
+    def _call(self, text: str, *, as_text: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(
+            text,
+            add_special_tokens=False,
+            split_special_tokens=as_text,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
         )
-    return ids, labels
+        return enc["input_ids"], enc["offset_mapping"]
+
+
+def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    """Whether the token span ``[s, e)`` overlaps one of the sorted, disjoint ``spans``. A zero-width token counts
+    as the character it stands before."""
+    s, e = span
+    e = max(e, s + 1)
+    k = bisect.bisect_right(spans, (s, math.inf))  # spans starting at or before s come first
+    return (k > 0 and spans[k - 1][1] > s) or (k < len(spans) and spans[k][0] < e)
+
+
+_SPACES = re.compile(" *")
+
+
+def _first_difference(text: str, decoded: str, special_re: re.Pattern[str]) -> tuple[int, int] | None:
+    """None when ``decoded`` reads as ``text``; else the positions (in text, in decoded) where they part.
+
+    Tolerated: one space more or less at the start and right after a special token. SentencePiece tokenizers mark
+    a word start with "▁": they add one at the start of a text (prepend_scheme "first") or of every stretch between
+    special tokens ("always", legacy Llama), and their decoder turns it into a space, dropping the very first.
+    """
+    if text == decoded:
+        return None
+    cuts = [0, *(m.end() for m in special_re.finditer(decoded)), len(decoded)]
+    i = 0
+    for a, b in itertools.pairwise(cuts):
+        text_spaces = _SPACES.match(text, i).end() - i
+        decoded_spaces = _SPACES.match(decoded, a, b).end() - a
+        if abs(text_spaces - decoded_spaces) > 1:
+            return i, a
+        i += text_spaces
+        chunk = decoded[a + decoded_spaces : b]
+        if not text.startswith(chunk, i):
+            same = len(os.path.commonprefix([text[i : i + len(chunk)], chunk]))
+            return i + same, a + decoded_spaces + same
+        i += len(chunk)
+    return None if i == len(text) else (i, len(decoded))
 
 
 # --- split and report --------------------------------------------------------------------------------------------
