@@ -20,13 +20,13 @@ from royalty.cli import app
 
 
 
-def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_process(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "royalty", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -283,7 +283,7 @@ def test_usage_errors_exit_2(home: Path) -> None:
 
 def test_demo_tells_the_story_and_verifies(tmp_path: Path) -> None:
     # No pretraining: the story is the same, the base model just knows less language.
-    result = run_process("demo", "--pretrain-minutes", "0")
+    result = run_process("demo", "--pretrain-minutes", "0", timeout=300)  # it trains an adapter
     assert result.returncode == 0, result.stderr
     assert "— royalty.local/node_" in result.stdout  # the signed checkpoint note is printed
     # The count grows as the story does; it must be the whole journal (checked on the kept home below).
@@ -297,7 +297,7 @@ def test_demo_tells_the_story_and_verifies(tmp_path: Path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     assert_one_line_error(run_process("demo", "--home", str(tmp_path / "busy")), "not empty")
-    result = run_process("demo", "--home", str(tmp_path / "kept"), "--pretrain-minutes", "0")
+    result = run_process("demo", "--home", str(tmp_path / "kept"), "--pretrain-minutes", "0", timeout=300)
     assert result.returncode == 0 and (tmp_path / "kept" / "node" / "node.json").exists() is False
     assert (tmp_path / "kept" / "node.json").exists()
     verified = re.search(r"verified: (\d+) events", result.stdout)

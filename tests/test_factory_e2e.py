@@ -159,3 +159,19 @@ def test_bad_rows_are_listed_before_any_work(tmp_path: Path, clock: Any, capsys:
     assert not (Path(home) / "runs").exists()  # nothing written, nothing trained
     with royalty.open_node(home) as node:
         assert node.adapters.list() == []
+
+    # Skipping them is a choice the run records: which rows, and why.
+    code, out, err = run_cli(capsys, "train", str(config), "data.on_bad_rows=skip", "train.epochs=1", "--owner", "ben",
+                             "--home", home, "--json")
+    assert code == 0, err
+    run = json.loads((Path(json.loads(out)["run_dir"]) / "run.json").read_text())
+    assert [row["contribution_id"] for row in run["data_report"]["skipped"]] == [purged.id]
+
+
+def test_a_relative_model_path_means_the_same_model_from_any_directory(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config({**_config(Path("models/base")), "output": {"name": "x"}})
+    assert cfg.model.base == str(tmp_path / "models" / "base")
+    assert load_config({**_config(Path("org/hub-model")), "output": {"name": "x"}}).model.base == "org/hub-model"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import pathlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -40,14 +39,12 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
 
 from ..accounts import Account
 from ..errors import ConfigInvalid, InvalidInput, NotFound, PermissionDenied
 from ..factory.config import load_config
 from ..factory.jobs import STATUSES, Job, JobEvent, ensure_worker
 from ..node import Node
-from ..store.schema import jobs as jobs_table
 from .auth import CallerDep, NodeDep
 from .ledger import (
     REPLAY_HEADER,
@@ -101,18 +98,19 @@ def submit_job(
         job = node.jobs.submit(body.kind, payload, actor=caller.id)
     else:
         key = _key(idempotency_key_header)
-        key_sha = hashlib.sha256(key.encode()).hexdigest()
+        # The job's id is derived from the caller and the key, so a retry (on any server) finds the same job.
+        job_id = "job_" + hashlib.sha256(f"{caller.id}:{key}".encode()).hexdigest()[:16]
         fp = fingerprint(request.method, request.url.path, canonical)
         with in_flight_registry(request.app).hold(caller.id, "jobs:" + key):
-            job = _job_with_key(node, caller.id, key_sha)
-            if job is None:
-                payload["idempotency"] = {"key_sha256": key_sha, "fingerprint": fp}
-                job = node.jobs.submit(body.kind, payload, actor=caller.id)
-            elif job.payload["idempotency"]["fingerprint"] != fp:
+            try:
+                job = node.jobs.get(job_id)
+                response.headers[REPLAY_HEADER] = "true"
+            except NotFound:
+                job = node.jobs.submit(body.kind, {**payload, "idempotency": {"fingerprint": fp}}, actor=caller.id,
+                                       id=job_id)
+            if (job.payload.get("idempotency") or {}).get("fingerprint") != fp:
                 raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was already used for a different job; use a new "
                                            "key for a new job", field="Idempotency-Key")
-            else:
-                response.headers[REPLAY_HEADER] = "true"
     if not job.finished:
         ensure_worker(node.home)
     return job.to_dict()
@@ -133,11 +131,7 @@ def _train_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigInvalid(exc.problems + problems) from None
     if problems:
         raise ConfigInvalid(problems)
-    resolved = cfg.model_dump(mode="json")
-    base = pathlib.Path(resolved["model"]["base"])
-    if base.exists():  # a local model directory (otherwise a hub id)
-        resolved["model"]["base"] = str(base.resolve())
-    return resolved
+    return cfg.model_dump(mode="json")  # load_config made a local model path absolute
 
 
 def _config_invalid(exc: ConfigInvalid) -> JSONResponse:
@@ -152,19 +146,6 @@ def _key(header: str) -> str:
         raise IdempotencyKeyMissing("the Idempotency-Key header is empty: send a unique value (e.g. a UUID), or no "
                                     "header at all", field="Idempotency-Key")
     return idempotency_key(header)
-
-
-def _job_with_key(node: Node, actor: str, key_sha: str) -> Job | None:
-    """The caller's job submitted with this key (its SHA-256), if any. The payload is compact JSON with sorted
-    keys, so the key's hash appears in it verbatim; the match is confirmed on the parsed payload."""
-    j = jobs_table.c
-    with node.store.read() as conn:
-        ids = conn.execute(select(j.id).where(j.actor == actor, j.payload.like(f'%"key_sha256":"{key_sha}"%'))).scalars().all()
-    for job_id in ids:
-        job = node.jobs.get(job_id)
-        if (job.payload.get("idempotency") or {}).get("key_sha256") == key_sha:
-            return job
-    return None
 
 
 # --- read, cancel --------------------------------------------------------------------------------------------------
@@ -185,26 +166,16 @@ def list_jobs(
     limit: Limit = 100,
     after: Annotated[str | None, Query(description="id of the last job seen (the page's next_after)")] = None,
 ) -> dict[str, Any]:
-    j = jobs_table.c
-    query = select(j.id).order_by(j.created_ms.desc(), j.id.desc()).limit(limit + 1)
-    if not caller.is_admin:
-        query = query.where(j.actor == caller.id)
-    if status is not None:
-        if status not in STATUSES:
-            raise InvalidInput(f"status {status!r} is not one of {', '.join(STATUSES)}", field="status")
-        query = query.where(j.status == status)
     if after is not None:
         try:
-            anchor = _readable(node, caller, after)
+            _readable(node, caller, after)
         except (NotFound, PermissionDenied):
             raise InvalidInput(f"after={after!r} is not one of your jobs; pass next_after from the previous page",
                                field="after") from None
-        query = query.where(or_(j.created_ms < anchor.created_ms, and_(j.created_ms == anchor.created_ms, j.id < anchor.id)))
-    with node.store.read() as conn:
-        ids = list(conn.execute(query).scalars())
-    more = len(ids) > limit
-    ids = ids[:limit]
-    return {"data": [node.jobs.get(i).to_dict() for i in ids], "has_more": more, "next_after": ids[-1] if more else None}
+    page = node.jobs.list(status=status, actor=None if caller.is_admin else caller.id, after=after, limit=limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return {"data": [job.to_dict() for job in page], "has_more": more, "next_after": page[-1].id if more else None}
 
 
 @router.get("/{job_id}", summary="One job: status, times, worker, result or error")

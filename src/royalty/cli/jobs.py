@@ -38,6 +38,9 @@ def submit_train(
                                                           help="Overrides such as lora.r=16 train.epochs=1.",
                                                           show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue this config's interrupted (or canceled) run.")] = False,
+    continue_from: Annotated[str | None, typer.Option(
+        "--continue-from", metavar="ADAPTER", help="Start from this adapter's weights (name or name@N), as a new run.",
+        show_default=False)] = None,
     as_: AsOption = OPERATOR,
     no_worker: NoWorkerOption = False,
     home: HomeOption = None,
@@ -52,15 +55,16 @@ def submit_train(
     from ..factory.config import load_config
 
     cfg = load_config(config, overrides or [])
-    payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume}
+    payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume, "parent": continue_from}
     with node_at(home) as node:
+        if continue_from is not None:
+            node.adapters.get(continue_from)  # an unknown adapter is refused now, not in the worker
         _submit(node, "train", payload, as_, no_worker, as_json)
 
 
 def _absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
-    base = config["model"]["base"]
-    if Path(base).exists():  # a local model directory (otherwise a hub id)
-        config["model"]["base"] = str(Path(base).resolve())
+    # model.base is already absolute (load_config resolves local paths); output.dir is not part of the config's
+    # meaning, so it is resolved here, against the directory the job was submitted from.
     if config["output"].get("dir") is not None:
         config["output"]["dir"] = str(Path(config["output"]["dir"]).resolve())
     return config

@@ -62,7 +62,10 @@ def register(app: typer.Typer) -> None:
                 return
             result = node.factory.train(
                 cfg, actor=owner or node.operator(), resume=resume, parent=continue_from, progress=not as_json)
-            emit(as_json, result.to_dict(), lambda: _summary(result, config, overrides or []))
+            again = [str(config), *(overrides or [])]
+            again += ["--owner", owner] if owner else []
+            again += ["--continue-from", continue_from] if continue_from else []
+            emit(as_json, result.to_dict(), lambda: _summary(result, again))
             if result.interrupted:
                 raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -72,10 +75,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def _summary(result: Any, config: Path, overrides: list[str]) -> None:
+def _summary(result: Any, args: list[str]) -> None:
     run = result.run
     if result.interrupted:
-        again = " ".join(["royalty train", str(config), *overrides, "--resume"])
+        again = " ".join(["royalty train", *args, "--resume"])
         typer.echo(f"interrupted at step {run.steps}; checkpoint saved in {run.out_dir}\nresume with: {again}")
         return
     typer.echo(f"trained {run.steps} steps on {run.tokens} tokens in {run.seconds:.1f} s, train loss {run.train_loss:.4f}")

@@ -53,6 +53,14 @@ class ModelSection(_Section):
         "float32", description="Precision the base model is loaded and trained in. float32 is exact on CPU."
     )
 
+    @field_validator("base")
+    @classmethod
+    def _absolute_local_path(cls, value: str) -> str:
+        # A local directory is recorded by its absolute path, so the config (and its hash, its run directory)
+        # means the same model whichever directory a command, a job worker or a resume runs from.
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
+
 
 class DatanetRef(_Section):
     """One datanet version to train on. YAML: ``"slug@3"`` or ``{ref: "slug@3", weight: 2.0}``."""
@@ -134,7 +142,7 @@ class DataSection(_Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="What to do with rows that cannot be trained on (purged, nothing trainable after truncation, "
-        "...): 'error' lists them all and stops; 'skip' leaves them out and records them in the run.",
+        "...): 'error' lists them all and stops; 'skip' leaves them out and records them in the run (run.json's data_report).",
     )
 
     @model_validator(mode="before")

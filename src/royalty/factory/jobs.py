@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import math
+import re
 import os
 import secrets
 import socket
@@ -39,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from ..accounts import Accounts
 from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied, RoyaltyError
@@ -55,6 +57,7 @@ HEARTBEAT_S = 1.0  # also how soon a running job sees a cancel request
 STALE_MS = 30_000  # a running job's heartbeat older than this, and its worker gone: the worker died
 POLL_S = 0.5  # an idle worker looks for work this often
 _ERROR_MAX = 1_000
+_JOB_ID = re.compile(r"job_[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -108,21 +111,33 @@ class Jobs:
 
     # --- submit and read ---------------------------------------------------------------------------------------
 
-    def submit(self, kind: str, payload: dict[str, Any], *, actor: str) -> Job:
-        """Queue a job of ``kind`` (a key of ``HANDLERS``); its first event (seq 0) is ``queued``."""
+    def submit(self, kind: str, payload: dict[str, Any], *, actor: str, id: str | None = None) -> Job:
+        """Queue a job of ``kind`` (a key of ``HANDLERS``); its first event (seq 0) is ``queued``.
+
+        ``id`` (``job_`` + 16 hex digits) makes the submission idempotent: a client derives it from its own
+        retry key, and a job that already has it is returned as it is (the caller compares payloads)."""
         if kind not in HANDLERS:
             raise InvalidInput(f"unknown job kind {kind!r}; kinds: {', '.join(sorted(HANDLERS))}", field="kind")
         if not isinstance(payload, dict):
             raise InvalidInput("a job's payload must be a JSON object", field="payload")
+        if id is not None and not _JOB_ID.fullmatch(id):
+            raise InvalidInput(f"job id {id!r} must be 'job_' and 16 lowercase hex digits", field="id")
         who = self.accounts.get(actor)
-        job_id = "job_" + secrets.token_hex(8)
+        job_id = id or "job_" + secrets.token_hex(8)
         now = self.clock()
-        with self.store.write() as conn:
-            conn.execute(insert(jobs).values(
-                id=job_id, kind=kind, status="queued", payload=_json(payload, "payload"), actor=who.id, created_ms=now,
-                cancel_requested=False,
-            ))
-            self._emit_in(conn, job_id, "queued", {"kind": kind, "actor": who.id})
+        try:
+            with self.store.write() as conn:
+                if id is not None and conn.execute(select(jobs.c.id).where(jobs.c.id == id)).first() is not None:
+                    return self.get(id)
+                conn.execute(insert(jobs).values(
+                    id=job_id, kind=kind, status="queued", payload=_json(payload, "payload"), actor=who.id,
+                    created_ms=now, cancel_requested=False,
+                ))
+                self._emit_in(conn, job_id, "queued", {"kind": kind, "actor": who.id})
+        except IntegrityError:
+            if id is None:
+                raise
+            return self.get(id)  # another server inserted the same id at the same moment
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
@@ -132,14 +147,26 @@ class Jobs:
             raise NotFound(f"no job {job_id!r}; see: royalty jobs list", field="job")
         return _job(row)
 
-    def list(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
-        """The newest jobs first; optionally only those with ``status``."""
-        query = select(jobs).order_by(jobs.c.created_ms.desc(), jobs.c.id.desc()).limit(limit)
+    def list(self, *, status: str | None = None, actor: str | None = None, after: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """The newest jobs first; optionally only those with ``status`` or submitted by account id ``actor``.
+        ``after`` (a job id, the last of the previous page) continues a listing."""
+        j = jobs.c
+        query = select(jobs).order_by(j.created_ms.desc(), j.id.desc()).limit(limit)
         if status is not None:
             if status not in STATUSES:
                 raise InvalidInput(f"status {status!r} is not one of {', '.join(STATUSES)}", field="status")
-            query = query.where(jobs.c.status == status)
+            query = query.where(j.status == status)
+        if actor is not None:
+            query = query.where(j.actor == actor)
         with self.store.read() as conn:
+            if after is not None:
+                anchor = conn.execute(select(j.created_ms, j.id).where(j.id == after)).one_or_none()
+                if anchor is None:
+                    raise InvalidInput(f"after={after!r} is not a job; pass the last id of the previous page",
+                                       field="after")
+                query = query.where(or_(j.created_ms < anchor.created_ms,
+                                        and_(j.created_ms == anchor.created_ms, j.id < anchor.id)))
             return [_job(r) for r in conn.execute(query).all()]
 
     def events(self, job_id: str, *, after: int = -1, limit: int = 1000) -> list[JobEvent]:
@@ -357,13 +384,13 @@ Handler = Callable[["Node", Job, JobContext], dict[str, Any]]
 
 
 def _train(node: Node, job: Job, ctx: JobContext) -> dict[str, Any]:
-    """payload: {"config": resolved TrainConfig as JSON, "resume": bool}. Trains and registers the adapter as the
-    job's actor (``node.factory.train``)."""
+    """payload: {"config": resolved TrainConfig as JSON, "resume": bool, "parent": adapter ref or None}. Trains and
+    registers the adapter as the job's actor (``node.factory.train``)."""
     from .config import load_config
 
     cfg = load_config(job.payload["config"])
     result = node.factory.train(cfg, actor=job.actor, resume=bool(job.payload.get("resume", False)),
-                                events=ctx.emit, should_stop=ctx.should_stop)
+                                parent=job.payload.get("parent"), events=ctx.emit, should_stop=ctx.should_stop)
     return result.to_dict()
 
 

@@ -272,7 +272,7 @@ def _check_out_dir(out_dir: Path, config_hash: str, resume: bool) -> dict[str, A
     if previous["status"] == "finished":
         raise Conflict(
             f"the run in {out_dir} is finished (adapter in {out_dir / 'adapter'}); to train further, start a new run "
-            "from its adapter under another output.name (royalty train CONFIG output.name=NEW --continue-from ADAPTER)",
+            "from its registered adapter: royalty train CONFIG [KEY=VALUE ...] --continue-from NAME@VERSION",
             field="output.name",
         )
     if not resume:
@@ -413,7 +413,7 @@ def _loop(run: TrainingRun, params: list[Any], optimizer: Any, scheduler: Any, s
                        run.plan[min(state.step, total - 1)].epoch, total)
     logs = _Logs(run.out_dir, state.step)
     bar = tqdm(total=total, initial=state.step, desc=f"train {cfg.output.name}", unit="step", file=sys.stderr,
-               disable=not run.progress, dynamic_ncols=True)
+               disable=None if run.progress else True, dynamic_ncols=True)  # None: only on a terminal
     stop = _StopRequest()
     session_start, session_steps, session_tokens = time.perf_counter(), 0, 0
     saved_at = run.checkpoint  # the checkpoint of the current step, if any (a resume at the very end has one)
@@ -661,7 +661,7 @@ def _start_run_dir(run: TrainingRun) -> None:
         "format": "royalty.run/1", "name": run.config.output.name, "config_hash": run.config_hash,
         "status": "running", "step": 0, "total_steps": run.total_steps, "started_ms": now, "updated_ms": now,
         "finished_ms": None, "base_model": run.base.to_dict(), "sources": run.data.sources,
-        "lineage": {"parent": run.parent}, "threads": run.threads,
+        "lineage": {"parent": run.parent}, "threads": run.threads, "data_report": run.data.report.to_dict(),
         "versions": {"royalty": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__},
     }
