@@ -9,6 +9,7 @@ runs and must be treated as read-only. A test that changes the model (pretrain, 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,14 @@ def tiny_model(tmp_path: Path) -> Path:
     else:
         init_tiny(target, spec=TINY_SPEC, seed=0)
     return target
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test: the other core stays free, and results do not depend on the machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import FREE_PUBLISHING, Clock
-from factory_fixtures import TINY_SPEC, tiny_model, tiny_model_dir  # noqa: F401
+from factory_fixtures import TINY_SPEC, one_torch_thread, tiny_model, tiny_model_dir  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -32,12 +32,7 @@ from royalty.factory.basemodel import (
 from royalty.factory.corpus import builtin_texts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch on one thread in every test here
 
 
 def corpus_loss(model_dir: Path, texts: list[str]) -> float:

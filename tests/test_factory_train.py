@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import FREE_PUBLISHING
-from factory_fixtures import tiny_model_dir  # noqa: F401
+from factory_fixtures import one_torch_thread, tiny_model_dir  # noqa: F401
 
 import royalty
 from royalty.errors import Conflict, InvalidInput, NotFound
@@ -42,12 +42,7 @@ FACTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # torch on one thread in every test here
 
 
 @pytest.fixture(scope="module")

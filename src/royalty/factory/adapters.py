@@ -116,7 +116,7 @@ def write_artifact(adapter_dir: Path, manifest: dict[str, Any]) -> dict[str, Any
     final = {key: value for key, value in manifest.items() if key != "files"}
     final["format"] = FORMAT
     _write_atomic(adapter_dir / CARD, model_card(final).encode("utf-8"))
-    final["files"] = {name: _file_sha256(adapter_dir / name) for name in _artifact_files(adapter_dir)}
+    final["files"] = {name: file_sha256(adapter_dir / name) for name in _artifact_files(adapter_dir)}
     _write_atomic(adapter_dir / MANIFEST, manifest_bytes(final))
     return final
 
@@ -470,14 +470,14 @@ class Adapters:
         on_disk = adapter.path / MANIFEST
         if not on_disk.is_file():
             problems.append(f"{MANIFEST}: missing from {adapter.path}")
-        elif _file_sha256(on_disk) != adapter.manifest_sha256:
+        elif file_sha256(on_disk) != adapter.manifest_sha256:
             problems.append(f"{MANIFEST}: changed since registration (SHA-256 differs from the journaled one)")
         expected: dict[str, str] = adapter.manifest.get("files", {})
         present = set(_artifact_files(adapter.path)) if adapter.path.is_dir() else set()
         for name, digest in sorted(expected.items()):
             if name not in present:
                 problems.append(f"{name}: missing")
-            elif (found := _file_sha256(adapter.path / name)) != digest:
+            elif (found := file_sha256(adapter.path / name)) != digest:
                 problems.append(f"{name}: SHA-256 {found[:16]}… differs from the registered {digest[:16]}…")
         problems += [f"{name}: not part of the registered adapter" for name in sorted(present - expected.keys())]
         datanets = [self._check_root(d) for d in adapter.manifest.get("datanets", [])]
@@ -620,7 +620,8 @@ def _copy_file(src: Path, dst: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks: the hash every manifest and lineage record uses."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):

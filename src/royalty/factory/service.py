@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InsufficientFunds, InvalidInput
 from ..ledger.amounts import format_amount
+from .adapters import file_sha256
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -167,8 +168,8 @@ class Factory:
                     "adapter": f"{parent.name}@{parent.version}", "id": parent.id,
                     "manifest_sha256": parent.manifest_sha256,
                 },
-                "order_sha256": _file_sha256(result.out_dir / "order.jsonl"),
-                "examples_sha256": _file_sha256(result.out_dir / "examples.jsonl"),
+                "order_sha256": file_sha256(result.out_dir / "order.jsonl"),
+                "examples_sha256": file_sha256(result.out_dir / "examples.jsonl"),
             },
             "versions": {
                 "royalty": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -177,10 +178,3 @@ class Factory:
             "created_ms": self.node.clock(),
         }
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

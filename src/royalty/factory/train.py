@@ -29,7 +29,6 @@ Torch, transformers and peft are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import Conflict, InvalidInput, NotFound
+from .adapters import file_sha256
 from .callbacks import Batch, TrainCallback, TrainContext, pad_id
 
 if TYPE_CHECKING:
@@ -310,7 +310,7 @@ def _parent_info(adapter_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
             + "; set the same values in this config",
             field="lora",
         )
-    return {"path": str(adapter_dir.resolve()), "adapter_sha256": _sha256_file(weights)}
+    return {"path": str(adapter_dir.resolve()), "adapter_sha256": file_sha256(weights)}
 
 
 def _check_targets(model: Any, targets: Sequence[str]) -> None:
@@ -693,14 +693,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
