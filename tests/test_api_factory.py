@@ -253,13 +253,18 @@ def test_a_bad_config_is_refused_with_every_problem(world: World) -> None:
 
 def test_a_submitted_job_runs_in_a_worker_and_its_stream_ends_with_it(world: World, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """mallory cannot pay the registration fee: the worker fails her run at its start, and the stream says so."""
+    """mallory cannot pay the registration fee: refused at once (402), nothing queued. Funded, her job is queued,
+    the worker fails it at its start (the model directory is empty), and the stream says so."""
     w, c = world, world.clients
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     config = {"model": {"base": "models/tiny"}, "data": {"datanets": ["first-aid@1"]}, "output": {"name": "helper"},
               "lora": {"r": 4}}
     key = {"Idempotency-Key": str(uuid.uuid4())}
+    assert_error(c["mallory"].post("/v1/jobs", json={"kind": "train", "config": config}, headers=key), 402,
+                 "insufficient_funds")
+    assert w.node.jobs.list() == []
+    w.node.tokens.faucet("mallory", w.node.params.current().adapter_registration_fee, actor=w.node.operator())
     r = c["mallory"].post("/v1/jobs", json={"kind": "train", "config": config}, headers=key)
     assert r.status_code == 201 and "idempotent-replayed" not in r.headers, r.text
     job = r.json()
@@ -289,7 +294,7 @@ def test_a_submitted_job_runs_in_a_worker_and_its_stream_ends_with_it(world: Wor
             events = list(sse(response))  # ends by itself when the job has ended
         end = events[-1]
         assert end["event"] == "end" and "id" not in end and end["data"]["status"] == "failed"
-        assert "registering the adapter costs 10 OPEN" in end["data"]["error"]
+        assert str(tmp_path.resolve() / "models" / "tiny") in end["data"]["error"]
         typed = [e for e in events if "event" in e and e["event"] != "end"]
         assert [e["event"] for e in typed][:2] == ["queued", "started"] and typed[-1]["event"] == "failed"
         assert [int(e["id"]) for e in typed] == [e["data"]["seq"] for e in typed] == list(range(len(typed)))

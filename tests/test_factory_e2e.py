@@ -5,6 +5,9 @@ before any work."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,32 @@ def test_a_relative_model_path_means_the_same_model_from_any_directory(tmp_path:
     cfg = load_config({**_config(Path("models/base")), "output": {"name": "x"}})
     assert cfg.model.base == str(tmp_path / "models" / "base")
     assert load_config({**_config(Path("org/hub-model")), "output": {"name": "x"}}).model.base == "org/hub-model"
+
+
+def test_ctrl_c_in_royalty_train_saves_a_checkpoint_that_resume_finishes(tmp_path: Path, clock: Any,
+                                                                          tiny_model_dir: Path) -> None:  # noqa: F811
+    node = _node(tmp_path, clock)
+    home = str(node.home)
+    node.close()
+    config = tmp_path / "codes.yaml"
+    config.write_text(json.dumps(_config(tiny_model_dir, epochs=100)))
+    train = [sys.executable, "-m", "royalty", "train", str(config), "--owner", "ben", "--home", home]
+    proc = subprocess.Popen(train, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until a few steps are done
+        metrics = list((Path(home) / "runs" / "codes-helper").glob("*/metrics.jsonl"))
+        if metrics and metrics[0].read_text().count("\n") >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"resume with: royalty train {config} --owner ben --resume" in out
+    run = json.loads((metrics[0].parent / "run.json").read_text())
+    assert run["status"] == "interrupted" and 5 <= run["step"] < run["total_steps"]
+
+    done = subprocess.run([*train, "--resume", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["steps"] == run["total_steps"] and result["adapter"]["version"] == 1

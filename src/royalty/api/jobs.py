@@ -92,6 +92,7 @@ def submit_job(
         config = _train_config(body.config)
     except ConfigInvalid as exc:
         return _config_invalid(exc)
+    node.factory.check_registration_fee(caller.id)  # 402 now, not a failed job later
     canonical = {"kind": body.kind, "config": config, "resume": body.resume}
     payload: dict[str, Any] = {"config": config, "resume": body.resume}
     if idempotency_key_header is None:

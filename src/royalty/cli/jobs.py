@@ -57,8 +57,10 @@ def submit_train(
     cfg = load_config(config, overrides or [])
     payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume, "parent": continue_from}
     with node_at(home) as node:
+        # Refused now rather than in the worker: an unknown parent adapter, an owner who cannot pay the fee.
         if continue_from is not None:
-            node.adapters.get(continue_from)  # an unknown adapter is refused now, not in the worker
+            node.adapters.get(continue_from)
+        node.factory.check_registration_fee(node.accounts.get(as_).id)
         _submit(node, "train", payload, as_, no_worker, as_json)
 
 

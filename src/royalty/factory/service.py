@@ -105,7 +105,7 @@ class Factory:
 
         node = self.node
         owner = node.accounts.get(actor)
-        self._check_fee(owner.id)
+        self.check_registration_fee(owner.id)
         parent_adapter = node.adapters.get(parent) if parent is not None else None
         run = setup(
             node, cfg, out_dir=self.out_dir(cfg, parent_adapter), resume=resume,
@@ -131,7 +131,9 @@ class Factory:
             events("registered", {"adapter": adapter.name, "version": adapter.version, "id": adapter.id})
         return TrainResult(result, evaluation, adapter, run.model, run.tokenizer)
 
-    def _check_fee(self, owner_id: str) -> None:
+    def check_registration_fee(self, owner_id: str) -> None:
+        """Raise InsufficientFunds unless ``owner_id`` can pay the adapter registration fee now. Called before
+        training starts (and when a training job is queued), so hours of training are not lost to a fee."""
         fee = self.node.params.current().adapter_registration_fee
         available = self.node.tokens.balance(owner_id).available
         if available < fee:
