@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/fees.py
 	$(PY) benchmarks/ledger_verify.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/attribution/b0.py
+	$(PY) benchmarks/attribution/spans.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work
