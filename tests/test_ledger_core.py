@@ -744,6 +744,48 @@ def test_group_commit_off_gives_each_call_its_transaction(funded: Node, raw_db: 
     assert len({e.ts_ms for e in events}) == 4
 
 
+def test_account_cache_sees_other_connections_commits(funded: Node, raw_db: RawDB) -> None:
+    """SQLite keeps the rows of the accounts its batches touched between transactions (``_AccountCache``); a
+    commit by any other connection in between (a composite operation's transaction, another process) must be
+    seen by the next batch, never a stale balance."""
+    L = funded.ledger
+    ok(funded, T(2, USER, OTHER, 40))  # USER: 100 credited, 40 debited
+    if funded.store.backend == "sqlite":
+        assert L._accounts is not None and L._accounts.published and L._accounts.rows  # USER is cached now
+    # Another connection of this process: a composite operation credits USER 50 in its own transaction.
+    assert L.transaction(lambda conn: L.create_transfers_in(conn, [T(3, SOURCE, USER, 50)])) == [R.ok]
+    assert L.create_transfers([T(4, USER, OTHER, 111)]) == [R.exceeds_credits]
+    ok(funded, T(5, USER, OTHER, 110))  # exactly what the 50 made available
+    check_invariants(funded)
+    # Another process (a raw connection): 7 more behind the ledger's back, taken from SOURCE.
+    raw_db.execute("UPDATE ledger_accounts SET credits_posted = credits_posted + 7 WHERE id = ?", (hex_id(USER),))
+    raw_db.execute("UPDATE ledger_accounts SET debits_posted = debits_posted + 7 WHERE id = ?", (hex_id(SOURCE),))
+    ok(funded, T(6, USER, OTHER, 7))
+    assert L.create_transfers([T(7, USER, OTHER, 1)]) == [R.exceeds_credits]
+    assert bal(funded, USER) == (0, 157, 0, 157) and bal(funded, SOURCE) == (0, 157, 0, 0)
+
+
+def test_account_cache_forgets_a_failed_transaction(funded: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that fails after applying its transfers in memory (here: journaling raises) leaves nothing
+    behind: the next batch sees the committed balances."""
+    L = funded.ledger
+    ok(funded, T(2, USER, OTHER, 40))
+    append = type(funded.journal).append_encoded
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(type(funded.journal), "append_encoded", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        L.create_transfers([T(3, USER, OTHER, 60)])
+    monkeypatch.setattr(type(funded.journal), "append_encoded", append)
+    assert L.create_transfers([T(4, USER, OTHER, 61)]) == [R.exceeds_credits]
+    ok(funded, T(5, USER, OTHER, 60))
+    assert bal(funded, USER) == (0, 100, 0, 100) and bal(funded, OTHER) == (0, 0, 0, 100)
+    assert L.lookup_transfers([3]) == []
+    check_invariants(funded)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Hypothesis: the ledger against a plain-dict reference model (SQLite)
 # --------------------------------------------------------------------------------------------------------------
