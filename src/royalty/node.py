@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from .accounts import Accounts
 from .datanet import Datanets
+from .attribution.service import Attribution
 from .errors import Conflict, DatabaseMissing, NodeCorrupt, NodeNotFound
 from .factory import Factory
 from .factory.adapters import Adapters
@@ -105,6 +106,7 @@ class Node:
         self.adapters = Adapters(store, self.journal, self.accounts, self.fees, self.home, clock)
         self.jobs = Jobs(store, self.accounts, clock)
         self.factory = Factory(self)
+        self.attribution = Attribution(self)
 
     @property
     def info(self) -> NodeInfo:

@@ -310,7 +310,8 @@ def _lora_modules(model: Any) -> list[tuple[str, Any, Any]]:
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
-    if getattr(model, "is_gradient_checkpointing", False):
+    # transformers' own flag on each module (its model-level property was renamed in v5, with a warning).
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
         raise InvalidInput("gradient checkpointing is on: it reruns the forward inside backward, which the capture "
                            "hooks would count twice; disable it for attribution", field="model")
     found = []

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import RoyaltyError
-from . import account, adapter, datanet, gov, jobs, journal, ledger, model, node, rewards, serve, stake, train
+from . import account, adapter, attribution, datanet, gov, jobs, journal, ledger, model, node, rewards, serve, stake, train
 
 app = typer.Typer(
     name="royalty",
@@ -34,6 +34,8 @@ app.add_typer(rewards.app, name="rewards")
 app.add_typer(model.app, name="model")
 app.add_typer(adapter.app, name="adapter")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(attribution.app, name="attribution")
+attribution.register(app)
 train.register(app)
 serve.register(app)
 

@@ -55,6 +55,9 @@ class Params(BaseModel):
                                     description="Datanet publishing fee per 1,000 contributions in the version, rounded up.")
     adapter_registration_fee: int = Field(10 * UNIT, ge=0, le=AMOUNT_MAX,
                                           description="Fee to register an adapter (base units), paid to the treasury.")
+    # --- attribution ----------------------------------------------------------------------------------------------
+    attribution_influence_bps: int = Field(7_000, ge=0, le=BPS, description=(
+        "Share of the data's pay divided by gradient influence (bps); the rest by verbatim span credit."))
     # --- staking ------------------------------------------------------------------------------------------------
     stake_cooldown_s: int = Field(10 * DAY, ge=0, le=365 * DAY, description="Seconds from cooldown() until redeem is allowed.")
     stake_unstake_window_s: int = Field(2 * DAY, ge=1, le=365 * DAY,
