@@ -3,15 +3,17 @@
 A node is born and participants join; a domain expert creates a curated datanet; a contributor imports a small
 file with one bad line (the report shows it, the good lines are kept); the owner curates and publishes version 1.
 ben builds and pretrains a tiny base model on this machine, fine-tunes a LoRA adapter on version 1, evaluates
-it and registers it (its manifest ties it to the base weights and the version's root). Then the money: the
+it and registers it (its manifest ties it to the base weights and the version's root). cy asks the adapter a
+question and Proof of Attribution traces the answer to the training data behind it: a receipt with each
+contributor's weight, the top examples and the verbatim spans, verified by recomputing it. Then the money: the
 operator funds the participants from the treasury; ada and ben stake OPEN for gOPEN and delegate to themselves;
 ada proposes raising the contributors' share of every inference fee, they vote, the proposal waits out the
 timelock and executes; cy's sample request reserves a fee that is then settled by the new split (to ben as
-adapter owner, to ada as the contributor, to stakers and the treasury). Last, the checks anyone can run: an
+adapter owner, to the contributors by the receipt's weights, to stakers and the treasury). Last, the checks anyone can run: an
 outsider verifies one contribution's proof (contribution → version root → signed journal) with nothing but the
 proof and the node's public key, the ledger audit replays every transfer, and the whole journal is replayed and
 verified. Governance runs on days and weeks, so the demo's node runs on a simulated clock that the story moves
-forward. Serving and attribution will extend this same story.
+forward. Serving will extend this same story.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from .datanet import verify_proof
 from .errors import InvalidInput
 from .ledger.amounts import UNIT, format_amount
 from .ledger.audit import audit_ledger
-from .ledger.fees import FeeRecipients
+from .attribution.payout import recipients
 from .node import init_node, now_ms
 
 Say = Callable[[str], None]
 
-# A small contribution file; line 4 is missing its response and is reported, the rest are kept.
+# ada's contribution file is the first ADA_LINES lines (line 4 is missing its response and is reported, the rest
+# are kept); dee contributes the others as records.
+ADA_LINES = 15
 SAMPLE = [
     '{"prompt": "How long should I cool a minor burn?", "response": "Hold it under cool running water for 20 minutes."}',
     '{"prompt": "What do I do for a nosebleed?", "response": "Sit up, lean forward and pinch the soft part of the nose for 10 minutes."}',
@@ -91,6 +95,7 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         say("\n== 2. Participants join (each change is a journal event)")
         people = [
             ("ada", "a data contributor"),
+            ("dee", "another data contributor"),
             ("ben", "a domain expert who will train an adapter"),
             ("cy", "an app developer who will call the API"),
         ]
@@ -101,7 +106,7 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         who = node.accounts.authenticate(key)
         say(f"   the last key authenticates as {who.name!r}")
 
-        say("\n== 3. ben creates a curated datanet; ada contributes a file with one bad line")
+        say("\n== 3. ben creates a curated datanet; ada contributes a file with one bad line, dee a few records")
         datanet = node.datanets.create(
             "first-aid-qa",
             title="First-aid questions and answers",
@@ -113,7 +118,7 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         )
         say(f"   datanet {datanet.slug} ({datanet.id}), kind {datanet.kind}, policy {datanet.policy}, owner ben")
         sample = home / "first-aid.jsonl"
-        sample.write_text("\n".join(SAMPLE) + "\n", encoding="utf-8")
+        sample.write_text("\n".join(SAMPLE[:ADA_LINES]) + "\n", encoding="utf-8")
         report = node.datanets.contribute_file(
             datanet.slug, sample.read_bytes(), sample.name, contributor="ada", consent="may be used to train and serve models"
         )
@@ -121,6 +126,9 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         say(f"   {sample.name}: {counts['pending']} pending review, {counts['duplicates']} duplicates, {counts['rejected']} rejected")
         for rejected in report.rejected:
             say(f"     line {rejected['line']}: {rejected['reason']}")
+        dee = node.datanets.contribute_records(datanet.slug, [json.loads(line) for line in SAMPLE[ADA_LINES:]],
+                                               contributor="dee", consent="may be used to train and serve models")
+        say(f"   dee: {dee.to_dict()['counts']['pending']} records pending review")
 
         say("\n== 4. ben reviews the queue and publishes version 1")
         queue = node.datanets.queue(datanet.slug, actor="ben")
@@ -130,19 +138,20 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         version = node.datanets.publish(datanet.slug, actor="ben")
         say(f"   accepted {len(queue)}; version {version.number}: {version.size} contributions, root {version.root.hex()[:16]}…")
 
-        _factory(node, home, datanet.slug, version.number, pretrain_minutes, say)
-        _money(node, clock, say)
+        adapter = _factory(node, home, datanet.slug, version.number, pretrain_minutes, say)
+        receipt = _attribution(node, adapter, say)
+        _money(node, clock, say, adapter, receipt)
 
-        say("\n== 12. The journal")
+        say("\n== 13. The journal")
         for event in node.journal.events(limit=200):
             say(f"   #{event.seq:<3} {event.type:<22} leaf {event.leaf_hash.hex()[:16]}…")
 
-        say("\n== 13. The node signs a checkpoint (C2SP signed note, Ed25519)")
+        say("\n== 14. The node signs a checkpoint (C2SP signed note, Ed25519)")
         checkpoint = node.journal.checkpoint()
         for line in checkpoint.note.rstrip("\n").split("\n"):
             say(f"   | {line}")
 
-        say("\n== 14. An outsider checks ada's first contribution with only the proof and the node's public key")
+        say("\n== 15. An outsider checks ada's first contribution with only the proof and the node's public key")
         bundle = json.loads(json.dumps(node.datanets.proof(datanet.slug, queue[0].id, version=version.number)))
         say(f"   contribution {bundle['contribution_id'][:16]}… at position {bundle['position']} of {bundle['size']}")
         say(f"   proof: {len(bundle['proof'])} hashes to the version root, then journal event #{bundle['journal']['seq']} "
@@ -150,14 +159,14 @@ def _story(home: Path, say: Say, pretrain_minutes: float) -> None:
         result = verify_proof(bundle, [node.signer.verifier_key])
         say(f"   verified: in version {result['version']} of {result['datanet']['slug']}, root signed by {result['origin']}")
 
-        say("\n== 15. The ledger audit replays every transfer and checks the invariants")
+        say("\n== 16. The ledger audit replays every transfer and checks the invariants")
         audit = audit_ledger(node)
         if not audit.ok:
             raise AssertionError(f"the ledger audit failed: {audit.problems[:3]}")
         say(f"   {audit.transfers} transfers and {audit.accounts} accounts replayed from {audit.ledger_events} journal "
             f"events: every balance matches, I1-I11 hold; supply {_open(audit.supply)}")
 
-        say("\n== 16. The whole journal is replayed from its leaves and verified")
+        say("\n== 17. The whole journal is replayed from its leaves and verified")
         report = node.journal.verify()
         say(
             f"   verified: {report.size} events, {report.checkpoints} signed checkpoint(s), "
@@ -195,7 +204,6 @@ price:
 def _factory(node: Any, home: Path, slug: str, version: int, pretrain_minutes: float, say: Say) -> None:
     from .factory.basemodel import corpus_texts, init_tiny, pretrain
     from .factory.config import load_config
-    from .factory.data import encode_chat
 
     say("\n== 5. ben builds a small base model, then fine-tunes a LoRA adapter on version 1 (ModelFactory)")
     base_dir = home / "models" / "tiny-llama"
@@ -228,40 +236,50 @@ def _factory(node: Any, home: Path, slug: str, version: int, pretrain_minutes: f
         + f", config {manifest['config_sha256'][:16]}…, {len(manifest['files'])} files hashed")
     check = node.adapters.verify(f"{adapter.name}@{adapter.version}")
     say(f"   royalty adapter verify: {'ok' if check['ok'] else check['problems']}")
+    return adapter
+
+
+def _attribution(node: Any, adapter: Any, say: Say) -> Any:
+    say("\n== 6. cy asks the adapter a question; Proof of Attribution traces the answer to its training data")
+    ref = f"{adapter.name}@{adapter.version}"
+    built = node.attribution.build_index(ref)
+    say(f"   index: {built['rows']} training examples' projected LoRA gradients (dim {built['dim']}) and a suffix "
+        "array over their text")
     question = "How do I treat a bee sting?"
-    answer = _generate(result.model, result.tokenizer, encode_chat(result.tokenizer, cfg.data.template,
-                                                                   [{"role": "user", "content": question}]))
-    say(f"   ask it {question!r}\n   it answers {answer!r}")
-
-
-def _generate(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int = 40) -> str:
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True).strip()
+    receipt = node.attribution.attribute(ref, prompt=question, request_id="req-demo-1")
+    answer = node.attribution.show(receipt.receipt_id)["request"]["response"]
+    say(f"   Q: {question}\n   A: {answer}")
+    say(f"   receipt {receipt.receipt_id}: weights (parts per million of the data's share)")
+    for account, ppm in sorted(receipt.weights.contributors.items(), key=lambda kv: -kv[1]):
+        say(f"     {node.accounts.get(account).name:<6} {ppm:>9,}")
+    for t in receipt.top[:3]:
+        say(f"   top example: contribution {t.contribution_id[:12]}… (position {t.position}), cosine {t.score}")
+    for span in receipt.spans[:3]:
+        say(f"   verbatim span {span.text!r}, found {span.count}x in the training text")
+    check = node.attribution.verify(receipt.receipt_id)
+    say(f"   royalty attribution verify: recomputed from the index bit for bit, journal event #{check['event_seq']}")
+    return receipt
 
 
 def _open(units: int, token: str = "OPEN") -> str:
     return f"{format_amount(units)} {token}"
 
 
-def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
+def _money(node: Any, clock: SimulatedClock, say: Say, adapter: Any, receipt: Any) -> None:
     operator = node.operator()
-    say("\n== 6. The operator funds the participants from the treasury (an admin-only faucet)")
+    say("\n== 7. The operator funds the participants from the treasury (an admin-only faucet)")
     for name, amount in (("ada", 30_000), ("ben", 10_000), ("cy", 100)):
         node.tokens.faucet(name, amount * UNIT, actor=operator)
         say(f"   {name:<4} receives {amount:>6,} OPEN")
 
-    say("\n== 7. ada and ben stake OPEN for gOPEN (1:1, non-transferable) and delegate their votes to themselves")
+    say("\n== 8. ada and ben stake OPEN for gOPEN (1:1, non-transferable) and delegate their votes to themselves")
     for name, amount in (("ada", 20_000), ("ben", 5_000)):
         node.staking.stake(name, amount * UNIT, actor=name)
         node.staking.delegate(name, name, actor=name)
         say(f"   {name:<4} staked {amount:,} OPEN; voting power {_open(node.staking.get_votes(name), 'gOPEN')}")
 
     params = node.params.current()
-    say("\n== 8. ada proposes a larger contributors' share of every inference fee")
+    say("\n== 9. ada proposes a larger contributors' share of every inference fee")
     say(f"   today: treasury {params.fee_treasury_bps / 100:g}%, adapter owner {params.fee_owner_bps / 100:g}%, "
         f"stakers {params.fee_stakers_bps / 100:g}%, contributors {params.fee_contributors_bps / 100:g}%")
     clock.skip(1)  # voting power counts from the second after it was delegated (no same-instant flash votes)
@@ -273,7 +291,7 @@ def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     say(f"   proposal {proposal.id}: {node.governance.state(proposal.id)}; voting opens after "
         f"{params.gov_voting_delay_s // 3600} h and lasts {params.gov_voting_period_s // 86_400} days")
 
-    say("\n== 9. Voting, then the timelock (simulated clock)")
+    say("\n== 10. Voting, then the timelock (simulated clock)")
     clock.skip(params.gov_voting_delay_s + 1)
     for name in ("ada", "ben"):
         vote = node.governance.vote(proposal.id, "for", actor=name)
@@ -287,17 +305,20 @@ def _money(node: Any, clock: SimulatedClock, say: Say) -> None:
     params = node.params.current()
     say(f"   executed: owner {params.fee_owner_bps / 100:g}%, contributors {params.fee_contributors_bps / 100:g}%")
 
-    say("\n== 10. cy's request: the fee is reserved first, then settled by the new split")
+    say("\n== 11. cy's request: the fee is reserved first, then settled by the new split and the receipt's weights")
     reservation = node.fees.reserve_fee("req-demo-1", "cy", 2 * UNIT, actor=operator)
     say(f"   reserved {_open(reservation.amount)} of cy's OPEN (a pending transfer that expires if never settled)")
-    # Attribution (a later step of this story) will weigh the contributors; here ada's data is the only data.
-    settlement = node.fees.settle_fee("req-demo-1", 1_500_000, FeeRecipients(owner="ben", contributors={"ada": 1}),
-                                      actor=operator)
+    settlement = node.fees.settle_fee("req-demo-1", 1_500_000, recipients(node, receipt, adapter), actor=operator)
     say(f"   settled {_open(settlement.amount)}; {_open(settlement.refunded)} returned to cy")
     say(f"   treasury {_open(settlement.treasury)}, ben (adapter owner) {_open(settlement.owner_amount)}, "
-        f"ada (contributor) {_open(settlement.contributors)}, stakers {_open(settlement.stakers)}")
+        f"stakers {_open(settlement.stakers)}, contributors {_open(settlement.contributors)}:")
+    for leg in settlement.legs:
+        if leg.role == "contributor":
+            say(f"     {node.accounts.get(leg.account).name:<6} {_open(leg.amount)} (weight {leg.weight:,} ppm)")
+    if settlement.dust:
+        say(f"     rounding dust {_open(settlement.dust)}, kept for the contributors' pool")
 
-    say("\n== 11. Balances")
+    say("\n== 12. Balances")
     for name in ("ada", "ben", "cy"):
         b = node.tokens.balance(name)
         claim = node.staking.claimable(name)
