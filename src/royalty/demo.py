@@ -316,7 +316,7 @@ def _money(node: Any, clock: SimulatedClock, say: Say, adapter: Any, receipt: An
         if leg.role == "contributor":
             say(f"     {node.accounts.get(leg.account).name:<6} {_open(leg.amount)} (weight {leg.weight:,} ppm)")
     if settlement.dust:
-        say(f"     rounding dust {_open(settlement.dust)}, kept for the contributors' pool")
+            say(f"     rounding dust {_open(settlement.dust)} (to the DUST account, recycled into reward epochs)")
 
     say("\n== 12. Balances")
     for name in ("ada", "ben", "cy"):
