@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RoyaltyError
 from ..node import Node
-from . import adapters, datanets, governance, jobs, ledger, rewards, staking
+from . import adapters, attribution, datanets, governance, jobs, ledger, rewards, staking
 from .auth import NodeDep, OptionalCallerDep
 from .errors import error_response, royalty_error_response, validation_response
 
@@ -58,6 +58,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(rewards.router)
     app.include_router(adapters.router)
     app.include_router(jobs.router)
+    app.include_router(attribution.router)
     install_error_handlers(app)
     return app
 
