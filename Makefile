@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/attribution/b0.py
 	$(PY) benchmarks/attribution/spans.py
+	$(PY) benchmarks/attribution/b1.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work
