@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/attribution/b0.py
 	$(PY) benchmarks/attribution/spans.py
 	$(PY) benchmarks/attribution/b1.py
+	$(PY) benchmarks/attribution/query.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work
