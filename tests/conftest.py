@@ -11,9 +11,11 @@ royalty: what an attacker or an operator with a SQL shell has. Tamper tests use 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err, err
     return code, out, err
+
+
+def load_benchmark(relative: str) -> Any:
+    """The module ``benchmarks/<relative>`` (benchmarks/ is not a package), for tests that run a reduced version
+    of a benchmark's setup."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / relative
+    spec = importlib.util.spec_from_file_location("benchmark_" + relative.removesuffix(".py").replace("/", "_"), path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module

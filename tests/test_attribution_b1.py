@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
@@ -19,18 +16,10 @@ from royalty.attribution.synthetic import (
     generate,
     pretraining_texts,
 )
+from conftest import load_benchmark
 from royalty.errors import InvalidInput
 from royalty.factory.basemodel import TinySpec
 
-B1_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "attribution" / "b1.py"
-
-
-def load_b1():
-    spec = importlib.util.spec_from_file_location("benchmark_attribution_b1", B1_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,7 +101,7 @@ def test_bad_spec_is_refused_with_the_field():
 
 
 def test_reduced_b1_runs_and_beats_chance(tmp_path):
-    b1 = load_b1()
+    b1 = load_benchmark("attribution/b1.py")
     data = SyntheticSpec(honest_contributors=2, tasks=3, task_records=24, facts=8, duplicator=3, outlier=2,
                          queries=12)
     cfg = dataclasses.replace(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,17 +18,9 @@ from royalty.attribution.evaluate import (
     spearman,
     subset_predictions,
 )
+from conftest import load_benchmark
 from royalty.errors import InvalidInput
 
-B0_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "attribution" / "b0.py"
-
-
-def load_b0():
-    spec = importlib.util.spec_from_file_location("benchmark_attribution_b0", B0_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def all_subsets(n: int) -> np.ndarray:
@@ -173,7 +162,7 @@ def test_bad_arguments_raise_invalid_input_naming_the_field():
 
 
 def test_b0_gradients_and_hessian_match_finite_differences():
-    b0 = load_b0()
+    b0 = load_benchmark("attribution/b0.py")
     data = b0.load_digits_split(40, 5, seed=1)
     rng = np.random.default_rng(0)
     w = rng.normal(scale=0.3, size=(65, 10))
@@ -197,7 +186,7 @@ def test_b0_gradients_and_hessian_match_finite_differences():
 
 
 def test_reduced_b0_exact_influence_reaches_lds_0_9_and_is_deterministic():
-    b0 = load_b0()
+    b0 = load_benchmark("attribution/b0.py")
     first = b0.run(200, 40, 40)
     assert first.lds["exact influence"] >= 0.9
     assert first.lds["exact influence"] > first.lds["Grad-Dot"]
