@@ -586,16 +586,10 @@ def _load_model(adapter: Adapter, cfg: TrainConfig) -> tuple[Any, Any]:
 def _check_examples(adapter: Adapter, data: DataSplit) -> None:
     """The rebuilt examples must be the ones the adapter was trained on: the same examples.jsonl bytes as the run
     wrote (``factory.train``), whose hash the manifest's lineage holds."""
+    from ..factory.train import examples_jsonl
+
     expected = adapter.manifest.get("lineage", {}).get("examples_sha256")
-    lines = []
-    for split, examples in (("train", data.train), ("eval", data.eval)):
-        for e in examples:
-            lines.append(json.dumps({
-                "index": e.index, "contribution_id": e.contribution_id, "contributor": e.contributor,
-                "datanet": e.datanet, "version": e.version, "position": e.position, "tokens": len(e.input_ids),
-                "trained_tokens": e.trained_tokens, "split": split,
-            }) + "\n")
-    if _sha256("".join(lines).encode("utf-8")) != expected:
+    if _sha256(examples_jsonl(data).encode("utf-8")) != expected:
         raise Conflict(f"the training examples of {adapter.ref} cannot be rebuilt exactly (a contribution was purged, "
                        "or the tokenizer or data changed since training); its index cannot be built", field="adapter")
 

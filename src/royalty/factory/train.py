@@ -647,15 +647,7 @@ def _start_run_dir(run: TrainingRun) -> None:
 
     run.out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(run.out_dir / "run.yaml", run.config.to_yaml())
-    lines = []
-    for split, examples in (("train", run.data.train), ("eval", run.data.eval)):
-        for e in examples:
-            lines.append(json.dumps({
-                "index": e.index, "contribution_id": e.contribution_id, "contributor": e.contributor,
-                "datanet": e.datanet, "version": e.version, "position": e.position, "tokens": len(e.input_ids),
-                "trained_tokens": e.trained_tokens, "split": split,
-            }) + "\n")
-    _write_atomic(run.out_dir / "examples.jsonl", "".join(lines))
+    _write_atomic(run.out_dir / "examples.jsonl", examples_jsonl(run.data))
     now = run.clock()
     run.previous = {
         "format": "royalty.run/1", "name": run.config.output.name, "config_hash": run.config_hash,
@@ -666,6 +658,21 @@ def _start_run_dir(run: TrainingRun) -> None:
                      "transformers": transformers.__version__, "peft": peft.__version__},
     }
     _write_atomic(run.out_dir / "run.json", json.dumps(run.previous, indent=2))
+
+
+def examples_jsonl(data: DataSplit) -> str:
+    """The text of a run's ``examples.jsonl``: one line per example (train, then eval) with its index, contribution,
+    contributor, datanet, version, position, token counts and split. Its SHA-256 is the manifest's
+    ``lineage.examples_sha256``, which attribution uses to check that it rebuilt the same examples."""
+    lines = []
+    for split, examples in (("train", data.train), ("eval", data.eval)):
+        for e in examples:
+            lines.append(json.dumps({
+                "index": e.index, "contribution_id": e.contribution_id, "contributor": e.contributor,
+                "datanet": e.datanet, "version": e.version, "position": e.position, "tokens": len(e.input_ids),
+                "trained_tokens": e.trained_tokens, "split": split,
+            }) + "\n")
+    return "".join(lines)
 
 
 def _mark(run: TrainingRun, status: str, step: int) -> None:
