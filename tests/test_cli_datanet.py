@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 
-from royalty.cli import app, main
+from conftest import run_cli
+from royalty.cli import app
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -28,14 +29,7 @@ def run(capsys: Capsys, *args: str, stdin: str | None = None, monkeypatch: pytes
     if stdin is not None:
         assert monkeypatch is not None
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err, err
-    return code, out, err
+    return run_cli(capsys, *args)
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess[str]:
