@@ -109,7 +109,7 @@ class B1Config:
     batch_size: int = 16
     max_grad_norm: float = 1.0
     checkpoints: int = 4
-    subsets: int = 48
+    subsets: int = 64
     contributor_subsets: int = 32
     counterfactual_queries: int = 8
     removal_fraction: float = 0.05

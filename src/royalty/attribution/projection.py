@@ -170,6 +170,24 @@ class Projector:
             out_b = g_b.reshape(b, -1) @ p_b.T  # [B, d_out·r] @ [d_out·r, k_B] -> [B, k_B]
         return torch.cat([out_a.reshape(b, -1), out_b.reshape(b, -1)], dim=1)
 
+    def project_rows(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Full per-example gradients [B, full_dim(layout)] (layout order, each module's gA then gB, row-major;
+        what ``LoraGradientCapture`` gives without a projector) → [B, dim] float32."""
+        import torch
+
+        full = torch.as_tensor(rows, dtype=torch.float32)
+        if full.ndim != 2 or full.shape[1] != full_dim(self.layout):
+            raise InvalidInput(f"rows must be [B, {full_dim(self.layout)}] full LoRA gradients (got "
+                               f"{tuple(full.shape)})", field="projection")
+        b, at, parts = full.shape[0], 0, []
+        for m in self.layout:
+            g_a = full[:, at : at + m.r * m.d_in].reshape(b, m.r, m.d_in)
+            at += m.r * m.d_in
+            g_b = full[:, at : at + m.d_out * m.r].reshape(b, m.d_out, m.r)
+            at += m.d_out * m.r
+            parts.append(self.project_module(m.name, g_a, g_b))
+        return torch.cat(parts, dim=1)
+
     def _module(self, name: str) -> LoraModuleShape:
         for m in self.layout:
             if m.name == name:

@@ -216,7 +216,7 @@ class Attribution:
                                                      "manifest_sha256": adapter.manifest_sha256})
 
                 def sink(examples: list[Example], rows: np.ndarray) -> None:
-                    grad.append(_project(projector, rows), [
+                    grad.append(projector.project_rows(rows).numpy(), [
                         RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
                                 float(np.sqrt(np.dot(r.astype(np.float64), r.astype(np.float64)))))
                         for e, r in zip(examples, rows)])
@@ -592,21 +592,6 @@ def _check_examples(adapter: Adapter, data: DataSplit) -> None:
     if _sha256(examples_jsonl(data).encode("utf-8")) != expected:
         raise Conflict(f"the training examples of {adapter.ref} cannot be rebuilt exactly (a contribution was purged, "
                        "or the tokenizer or data changed since training); its index cannot be built", field="adapter")
-
-
-def _project(projector: Any, rows: np.ndarray) -> np.ndarray:
-    """Exact per-example gradients [B, full] (layout order, each module's gA then gB, row-major) → [B, dim]."""
-    import torch
-
-    full = torch.from_numpy(rows)
-    b, at, parts = rows.shape[0], 0, []
-    for m in projector.layout:
-        g_a = full[:, at: at + m.r * m.d_in].reshape(b, m.r, m.d_in)
-        at += m.r * m.d_in
-        g_b = full[:, at: at + m.d_out * m.r].reshape(b, m.d_out, m.r)
-        at += m.d_out * m.r
-        parts.append(projector.project_module(m.name, g_a, g_b))
-    return torch.cat(parts, dim=1).numpy()
 
 
 def _generate(loaded: _Loaded, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:

@@ -131,6 +131,10 @@ class TrainContext:
     step: int
     epoch: int
     total_steps: int
+    # the last optimizer step's: what attribution needs to replay its update (set before on_step_end)
+    optimizer: Any = None  # torch.optim.AdamW over the trainable parameters
+    last_lr: float = 0.0  # the learning rate the step used
+    grad_norm: float = 0.0  # the gradient norm before clipping
 
 
 class TrainCallback:

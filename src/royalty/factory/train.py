@@ -451,7 +451,7 @@ def _loop(run: TrainingRun, params: list[Any], optimizer: Any, scheduler: Any, s
                 state.last_loss = step_loss
                 session_steps += 1
                 session_tokens += step_tokens
-                ctx.step = state.step
+                ctx.step, ctx.optimizer, ctx.last_lr, ctx.grad_norm = state.step, optimizer, lr, grad_norm
                 for cb in run.callbacks:
                     cb.on_step_end(ctx)
 

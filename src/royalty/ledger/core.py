@@ -113,6 +113,8 @@ GROUP_MAX_EVENTS = 1_000
 GROUP_WINDOW_MS = 2.0
 GROUP_GAP_MS = 0.3
 _OK = Result.ok
+import collections as _c
+_PT = _c.defaultdict(float)
 _TEXT = {r: r.value for r in Result}  # Enum.value is a descriptor call: this is the hot path's lookup
 
 
@@ -1044,6 +1046,7 @@ class _Batch:
     # --- load under locks --------------------------------------------------------------------------------------
 
     def _load(self) -> None:
+        _t0 = time.perf_counter()
         db, now, hx = self.db, self.now, self.hx
         spec_ids: set[int] = set()
         pending_ids: set[int] = set()
@@ -1055,10 +1058,12 @@ class _Batch:
                     pending_ids.add(s.pending_id)
                 want.add(s.debit_account_id)
                 want.add(s.credit_account_id)
+        _PT['A_specloop'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         want.discard(0)
         # Every id is formatted once: the statements, the rows and the journal event share the strings.
         for i in spec_ids | pending_ids | want:
             hx[i] = format(i, "032x")
+        _PT['B_hx'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         spec_ids.discard(0)
         # Phase 1, no locks: which accounts may change. Transfers are immutable, so reading them early is safe.
         if pending_ids:
@@ -1088,6 +1093,7 @@ class _Batch:
         # Phase 2: lock in ascending id order (SQLite: the writer lock is already held, no clause needed).
         # Phase 3, under the locks: fresh reads of everything that depends on state. (PostgreSQL: sent together,
         # run in this order.)
+        _PT['C_overdue_probe'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         lookup = [hx[i] for i in spec_ids if i not in self.transfers]
         meta, bal = self.meta, self.bal
         cache = db.cache
@@ -1104,6 +1110,7 @@ class _Batch:
                 else:
                     bal[a] = list(e)
                     meta[a] = metas[a]
+        _PT['D_cache'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         locked, found, failures, pending_rows, overdue = db.where_in_each([
             (_LOCK_ACCOUNTS_PG if db.pg else _LOCK_ACCOUNTS_SQLITE, [hx[a] for a in read], ()),
             (_SELECT_TRANSFERS, lookup, ()),
@@ -1111,6 +1118,7 @@ class _Batch:
             (_SELECT_PENDING, list({hx[i] for i in pending_ids} | {r[0] for r in candidates}), ()),
             (_ANY_OVERDUE, None if probe_late else [], (now,)),
         ])
+        _PT['E_sql'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         loaded = self.loaded
         for r in locked:
             a = int(r[0], 16)
@@ -1122,6 +1130,7 @@ class _Batch:
             self.transfers[tr.id] = tr
         for r in failures:
             self.failed[int(r[0], 16)] = Result(r[1])
+        _PT['F_rows'] += (_t := time.perf_counter()) - _t0; _t0 = _t
         self._take_pending(pending_rows)
         if overdue:
             self._late_expiry([hx[a] for a in want])
