@@ -135,7 +135,7 @@ def test_build_attribute_show_verify_with_permissions(world: World) -> None:
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert (job["kind"], job["actor"], job["status"]) == ("attribution_index", w.ids["ben"], "queued")
     adapter_id = w.node.adapters.get(ADAPTER).id
-    assert job["payload"] == {"adapter": adapter_id, "dim": 128, "seed": 11, "rebuild": False}
+    assert job["payload"] == {"adapter": adapter_id, "dim": 128, "seed": 11, "method": "inrun", "rebuild": False}
     # A second build of the same adapter while one is queued or running: refused, naming the job.
     assert_error(c["admin"].post("/v1/attribution/indexes", json={"adapter": ADAPTER}), 409, "conflict",
                  says=job["id"])

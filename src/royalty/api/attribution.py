@@ -2,7 +2,7 @@
 
 Routes:
 
-- ``POST /v1/attribution/indexes`` ``{adapter, dim?, seed?, rebuild?}``: queue an ``attribution_index`` job (the
+- ``POST /v1/attribution/indexes`` ``{adapter, dim?, seed?, method?, rebuild?}``: queue an ``attribution_index`` job (the
   build runs in the node's detached worker: it can take long) and answer 202 with the job; follow it on
   ``/v1/jobs/{id}``. The job's result is the build record, without the projection seed.
 - ``GET /v1/attribution/indexes/{adapter}``: the index's parameters (never the seed), rows, checksums, sizes.
@@ -34,7 +34,7 @@ adapter's shared model and fix torch's process-wide thread count.
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +71,9 @@ class BuildIndex(BaseModel):
     dim: int = Field(default=DEFAULT_DIM, ge=1, le=MAX_DIM, description="Projected gradient dimension")
     seed: int | None = Field(default=None, ge=0, lt=2**63,
                              description="Projection seed (default: a random secret kept in the index)")
+    method: Literal["inrun", "final"] = Field(
+        default="inrun", description="inrun: replay the training and keep each example's share of the updates; final: "
+                                     "gradients at the adapter's weights with a damped Fisher preconditioner")
     rebuild: bool = Field(default=False, description="Replace an index built with other parameters")
 
 
@@ -129,8 +132,8 @@ def build_index(body: BuildIndex, response: Response, node: NodeDep, caller: Cal
     if _has_index(node, adapter) and not body.rebuild:
         # With an index in place and no rebuild, build_index only compares parameters (it never builds): other
         # parameters are refused here (409) rather than by a failed job.
-        node.attribution.build_index(adapter.id, dim=body.dim, seed=body.seed)
-    payload: dict[str, Any] = {"adapter": adapter.id, "dim": body.dim, "rebuild": body.rebuild}
+        node.attribution.build_index(adapter.id, dim=body.dim, seed=body.seed, method=body.method)
+    payload: dict[str, Any] = {"adapter": adapter.id, "dim": body.dim, "method": body.method, "rebuild": body.rebuild}
     if body.seed is not None:
         payload["seed"] = body.seed
     job = node.jobs.submit(JOB_KIND, payload, actor=caller.id)

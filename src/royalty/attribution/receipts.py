@@ -11,11 +11,12 @@ field about time.
 
 Weights policy (:func:`weights`): how one answer's data share is divided.
 
-1. Influence. Each training row's score is the cosine of the query gradient and the row in the preconditioned
-   metric (``AttributionIndex.score(precondition=True, normalize=True)``): unit normalisation, so a row with a huge
-   gradient (an outlier, junk with high loss) cannot outweigh many ordinary ones. Scores are fixed-point integers
-   (``round(cosine × 10^9)``) and only the positive part counts: an example that made the answer less likely earns
-   nothing (and is not charged).
+1. Influence. Each training row's score is a cosine with the query gradient: with an in-run index (the default,
+   ``inrun.py``) the plain cosine of the query gradient and the example's Adam-scaled share of the training
+   updates; with a final-weights index the cosine in the damped Fisher metric. Unit normalisation, so a row with
+   a huge gradient (an outlier, junk with high loss) cannot outweigh many ordinary ones. Scores are fixed-point
+   integers (``round(cosine × 10^9)``) and only the positive part counts: an example that made the answer less
+   likely earns nothing (and is not charged).
 2. Duplicates are grouped so that duplication cannot raise pay. A record's contribution id is the SHA-256 of its
    canonical content, so an exact copy has the same id, in any datanet or version (within a datanet, exact copies
    are refused at ingestion and near-duplicates refused or queued for a curator). Rows are grouped by
@@ -89,10 +90,10 @@ class ReceiptDatanet(_Frozen):
 
 
 class InfluenceMethod(_Frozen):
-    method: str  # "preconditioned-cosine"
+    method: str  # "inrun-adam-cosine" or "preconditioned-cosine" (service.METHODS)
     projection_fingerprint: str
     dim: int
-    damping: str  # decimal text of the float (receipts hold no floats)
+    damping: str | None  # decimal text of the float (receipts hold no floats); None: no preconditioner
     normalisation: str
     index_checksum: str
     rows: int

@@ -60,11 +60,14 @@ if TYPE_CHECKING:
     from ..factory.config import TrainConfig
     from ..factory.data import DataSplit, Example
     from ..node import Node
+    from .projection import Projector
 
 ROOT = "attribution"
 BUILD_FILE = "index.json"
 BUILD_FORMAT = "royalty.attribution-build/1"
 DEFAULT_DIM = 1024
+METHODS = ("inrun", "final")  # see Attribution.build_index
+DEFAULT_METHOD = "inrun"  # B1: LDS 0.43 against 0.36 for the preconditioned final-weights cosine (docs/BENCHMARKS.md)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_TOP = 10
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -117,16 +120,22 @@ class Attribution:
     # ------------------------------------------------------------------------------------------------------------
 
     def build_index(self, adapter_ref: str, *, dim: int = DEFAULT_DIM, seed: int | None = None,
-                    batch_size: int = DEFAULT_BATCH_SIZE, damping: float = DEFAULT_DAMPING,
-                    rebuild: bool = False) -> dict[str, Any]:
+                    method: str = DEFAULT_METHOD, batch_size: int = DEFAULT_BATCH_SIZE,
+                    damping: float = DEFAULT_DAMPING, rebuild: bool = False) -> dict[str, Any]:
         """Build (or reuse) the attribution index of adapter ``adapter_ref`` and return its build record, with
         ``reused`` saying which.
 
         The adapter's training examples are rebuilt from its manifest's config (and checked against the examples
-        hash the manifest recorded), the base model and adapter are loaded in eval mode, and every training
-        example's gradient of its response NLL is captured, projected with a seeded projection (``seed`` None: a
-        random secret, recorded in the index) and stored with a preconditioner of ``damping``; a span index over
-        the training text is built beside it. Journals ``attribution.index_built``.
+        hash the manifest recorded). ``method`` says what a row is:
+
+        - ``"inrun"`` (default): the training run is replayed with ``inrun.InRunInfluence`` attached, and a row is
+          the example's Adam-scaled share of the updates it was in (receipts score with the plain cosine); the
+          record's ``replay`` says whether the replay reproduced the adapter's weights exactly;
+        - ``"final"``: a post-hoc pass at the adapter's weights, gradients in batches of ``batch_size``, with a
+          damped Fisher preconditioner of ``damping`` (receipts score with the preconditioned cosine).
+
+        Rows are projected with a seeded projection (``seed`` None: a random secret, recorded in the index); a span
+        index over the training text is built beside them. Journals ``attribution.index_built``.
 
         Raises InvalidInput for bad parameters; Conflict when an index with other parameters exists (unless
         ``rebuild``) or the training data can no longer be rebuilt exactly; NotFound for an unknown adapter.
@@ -139,8 +148,10 @@ class Attribution:
                 and damping > 0):
             raise InvalidInput(f"damping must be a positive number (got {damping!r})", field="damping")
         adapter = self.node.adapters.get(adapter_ref)
-        wanted = {"dim": dim, "batch_size": batch_size, "damping": repr(float(damping)), "kind": PROJECTION_KIND,
-                  "threads": THREADS}
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(METHODS)} (got {method!r})", field="method")
+        wanted = {"method": method, "dim": dim, "batch_size": batch_size, "damping": repr(float(damping)),
+                  "kind": PROJECTION_KIND, "threads": THREADS}
         existing = self._build_record(adapter)
         if existing is not None and not rebuild:
             recorded = existing["params"]
@@ -193,14 +204,11 @@ class Attribution:
         return record
 
     def _build(self, adapter: Adapter, params: dict[str, Any], *, replace: bool) -> dict[str, Any]:
-        from ..factory.callbacks import pad_id
+        from ..factory.basemodel import load_tokenizer
         from ..factory.data import build_data
-        from .capture import LoraGradientCapture
-        from .projection import Projector
 
         cfg = _config(adapter)
-        model, tokenizer = _load_model(adapter, cfg)
-        data = build_data(self.node, cfg, tokenizer)
+        data = build_data(self.node, cfg, load_tokenizer(cfg.model.base))
         _check_examples(adapter, data)
         texts = self._texts(data)
         step = int(adapter.manifest.get("metrics", {}).get("steps", 0))
@@ -208,22 +216,8 @@ class Attribution:
         tmp = self.root / f".build-{adapter.id}-{secrets.token_hex(4)}"
         final = self.index_dir(adapter)
         try:
-            with _torch_threads(THREADS), LoraGradientCapture(model) as capture:
-                projector = Projector(capture.layout, params["dim"], params["seed"], PROJECTION_KIND)
-                grad = AttributionIndex.create(tmp / "grad", dim=projector.dim, step=step,
-                                               projection=projector.describe(),
-                                               info={"adapter_id": adapter.id,
-                                                     "manifest_sha256": adapter.manifest_sha256})
-
-                def sink(examples: list[Example], rows: np.ndarray) -> None:
-                    grad.append(projector.project_rows(rows).numpy(), [
-                        RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
-                                float(np.sqrt(np.dot(r.astype(np.float64), r.astype(np.float64)))))
-                        for e, r in zip(examples, rows)])
-
-                capture.gradients(data.train, pad_id(tokenizer), batch_size=params["batch_size"], sink=sink)
-                grad.flush()
-                grad.build_preconditioner(float(params["damping"]))
+            build = self._inrun_rows if params["method"] == "inrun" else self._final_rows
+            projector, grad, replay = build(adapter, cfg, params, tmp, step)
             spans = SpanIndex.build(
                 ((DocMeta(e.contribution_id, e.contributor, e.datanet_id, e.datanet, e.version, e.position),
                   texts[(e.datanet_id, e.version, e.position)]) for e in data.train), tmp / "spans")
@@ -238,6 +232,7 @@ class Attribution:
                 "grad_checksum": grad.checksum,
                 "spans_checksum": spans.manifest["checksum"],
                 "built_ms": self.node.clock(),
+                **({"replay": replay} if replay is not None else {}),
             }
             (tmp / BUILD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", "utf-8")
             event = self._publish(tmp, final, replace, record)
@@ -246,6 +241,67 @@ class Attribution:
             raise
         self._cache.pop(adapter.id, None)
         return {**record, "event_seq": event}
+
+    def _final_rows(self, adapter: Adapter, cfg: TrainConfig, params: dict[str, Any], tmp: Path,
+                    step: int) -> tuple[Projector, AttributionIndex, None]:
+        """Method "final": every training example's gradient at the adapter's weights (a post-hoc pass), with a
+        damped Fisher preconditioner."""
+        from ..factory.callbacks import pad_id
+        from ..factory.data import build_data
+        from .capture import LoraGradientCapture
+        from .projection import Projector
+
+        model, tokenizer = _load_model(adapter, cfg)
+        data = build_data(self.node, cfg, tokenizer)
+        with _torch_threads(THREADS), LoraGradientCapture(model) as capture:
+            projector = Projector(capture.layout, params["dim"], params["seed"], PROJECTION_KIND)
+            grad = _create_index(tmp, projector, adapter, step)
+
+            def sink(examples: list[Example], rows: np.ndarray) -> None:
+                grad.append(projector.project_rows(rows).numpy(), [
+                    RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
+                            float(np.sqrt(np.dot(r.astype(np.float64), r.astype(np.float64)))))
+                    for e, r in zip(examples, rows)])
+
+            capture.gradients(data.train, pad_id(tokenizer), batch_size=params["batch_size"], sink=sink)
+            grad.flush()
+            grad.build_preconditioner(float(params["damping"]))
+        return projector, grad, None
+
+    def _inrun_rows(self, adapter: Adapter, cfg: TrainConfig, params: dict[str, Any], tmp: Path,
+                    step: int) -> tuple[Projector, AttributionIndex, dict[str, Any]]:
+        """Method "inrun": replay the adapter's training run (its config, data, seed, parent and thread count) with
+        ``inrun.InRunInfluence`` attached, so every row is the example's Adam-scaled share of the updates it was
+        in. The replay's weights are compared with the registered adapter's: on the platform and thread count it
+        was trained with they are identical bit for bit (the factory's loop is deterministic); the record keeps
+        whether they were and the largest difference."""
+        from ..factory.train import fit, setup
+        from .capture import LoraGradientCapture
+        from .inrun import InRunInfluence
+        from .projection import Projector
+
+        threads = adapter.manifest.get("metrics", {}).get("threads")
+        replay_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})}) \
+            if isinstance(threads, int) and threads >= 1 else cfg
+        parent = (adapter.manifest.get("lineage") or {}).get("parent")
+        init = self.node.adapters.get(parent).path if parent else None
+        run = setup(self.node, replay_cfg, out_dir=tmp / "replay", init_adapter=init)
+        with LoraGradientCapture(run.model) as capture:
+            projector = Projector(capture.layout, params["dim"], params["seed"], PROJECTION_KIND)
+        inrun = InRunInfluence(projector)
+        run.callbacks.append(inrun)
+        result = fit(run)
+        replay = _compare_weights(result.adapter_dir, adapter.path)
+        shutil.rmtree(tmp / "replay", ignore_errors=True)
+        grad = _create_index(tmp, projector, adapter, step)
+        with _torch_threads(THREADS):
+            for at in range(0, len(inrun.examples), 4096):
+                chunk, examples = inrun.rows[at : at + 4096], inrun.examples[at : at + 4096]
+                grad.append(chunk.astype(np.float32), [
+                    RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
+                            float(np.linalg.norm(r))) for e, r in zip(examples, chunk)])
+            grad.flush()
+        return projector, grad, replay
 
     def _publish(self, tmp: Path, final: Path, replace: bool, record: dict[str, Any]) -> int:
         """Rename the built index into place and journal it; on any failure the previous index is back."""
@@ -415,7 +471,8 @@ class Attribution:
         with _torch_threads(THREADS):
             query = query_gradient(loaded.model, request.prompt_ids, request.response_ids,
                                    projector=loaded.projector)  # [dim] float32
-        scores = grad.score(query, precondition=True, normalize=True)  # [rows] float64, cosines
+        inrun = _is_inrun(loaded)
+        scores = _influence_scores(loaded, query)  # [rows] float64, cosines
         fixed = fixed_scores(scores)
         influence, influence_dn = grouped_influence(fixed, loaded.owners)
         spans = loaded.spans.trace(request.response, trace)
@@ -438,9 +495,11 @@ class Attribution:
                       for d in adapter.manifest.get("datanets", [])],
             method={
                 "influence": {
-                    "method": "preconditioned-cosine", "projection_fingerprint": loaded.build["projection_fingerprint"],
-                    "dim": grad.dim, "damping": repr(float(pre["damping"])),
-                    "normalisation": "unit norm under the damped Fisher metric, query and rows",
+                    "method": "inrun-adam-cosine" if inrun else "preconditioned-cosine",
+                    "projection_fingerprint": loaded.build["projection_fingerprint"],
+                    "dim": grad.dim, "damping": None if inrun else repr(float(pre["damping"])),
+                    "normalisation": "unit norm, query and rows" if inrun else
+                    "unit norm under the damped Fisher metric, query and rows",
                     "index_checksum": grad.checksum, "rows": grad.rows, "step": grad.step, "threads": THREADS,
                     "score_scale": SCORE_SCALE,
                 },
@@ -581,6 +640,39 @@ def _load_model(adapter: Adapter, cfg: TrainConfig) -> tuple[Any, Any]:
     model = PeftModel.from_pretrained(base, str(adapter.path))
     model.eval()
     return model, tokenizer
+
+
+def _is_inrun(loaded: _Loaded) -> bool:
+    return loaded.build["params"].get("method", "final") == "inrun"
+
+
+def _influence_scores(loaded: _Loaded, query: np.ndarray) -> np.ndarray:
+    """[rows] float64 cosines of a projected query gradient with every row: plain for an in-run index, in the
+    damped Fisher metric for a final-weights one."""
+    return loaded.grad.score(query, precondition=not _is_inrun(loaded), normalize=True)
+
+
+def _create_index(tmp: Path, projector: Projector, adapter: Adapter, step: int) -> AttributionIndex:
+    return AttributionIndex.create(tmp / "grad", dim=projector.dim, step=step, projection=projector.describe(),
+                                   info={"adapter_id": adapter.id, "manifest_sha256": adapter.manifest_sha256})
+
+
+def _compare_weights(replayed_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+    """How the replayed adapter's LoRA weights compare with the registered ones: identical bytes, or the largest
+    absolute difference."""
+    from safetensors.numpy import load_file
+
+    from ..factory.adapters import file_sha256
+
+    name = "adapter_model.safetensors"
+    if file_sha256(replayed_dir / name) == file_sha256(adapter_dir / name):
+        return {"identical": True, "max_abs_diff": 0.0}
+    mine, theirs = load_file(str(replayed_dir / name)), load_file(str(adapter_dir / name))
+    if set(mine) != set(theirs):
+        raise Conflict(f"replaying the training of {adapter_dir} gave an adapter with other tensors; its index cannot "
+                       "be built by replay (use method \"final\")", field="method")
+    diff = max(float(np.abs(mine[k].astype(np.float64) - theirs[k].astype(np.float64)).max()) for k in mine)
+    return {"identical": False, "max_abs_diff": diff}
 
 
 def _check_examples(adapter: Adapter, data: DataSplit) -> None:

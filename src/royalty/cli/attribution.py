@@ -17,6 +17,7 @@ import typer
 from ..attribution.receipts import PPM, AttributionReceipt
 from ..attribution.service import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_METHOD,
     DEFAULT_DIM,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TOP,
@@ -95,14 +96,18 @@ def index_build(
     dim: Annotated[int, typer.Option("--dim", min=1, help="Projected gradient dimension.")] = DEFAULT_DIM,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Projection seed (default: a random secret).",
                                              show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per gradient pass.")] = DEFAULT_BATCH_SIZE,
+    method: Annotated[str, typer.Option("--method", help="inrun: replay the training and keep each example's share "
+                                        "of the updates (default); final: gradients at the adapter's weights with a "
+                                        "damped Fisher preconditioner.")] = DEFAULT_METHOD,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Examples per gradient pass (final).")] = DEFAULT_BATCH_SIZE,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Replace an index built with other parameters.")] = False,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Build ADAPTER's attribution index (gradients of every training example, and a span index of its text)."""
+    """Build ADAPTER's attribution index (a row per training example, and a span index of its text)."""
     with node_at(home) as node:
-        record = Attribution(node).build_index(adapter, dim=dim, seed=seed, batch_size=batch_size, rebuild=rebuild)
+        record = Attribution(node).build_index(adapter, dim=dim, seed=seed, method=method, batch_size=batch_size,
+                                                rebuild=rebuild)
         shown = {k: v for k, v in record.items() if k != "params"}
         shown["params"] = {k: v for k, v in record["params"].items() if k != "seed"}  # the seed stays secret
         verb = "reused the existing" if record["reused"] else "built the"
@@ -119,8 +124,9 @@ def index_info(adapter: AdapterArg, home: HomeOption = None, as_json: JsonOption
         p, g, s = info["params"], info["grad"], info["spans"]
         emit(as_json, info, "\n".join([
             f"attribution index of {info['adapter']['ref']} ({info['path']})",
-            (f"gradients  {g['rows']} rows x dim {g['dim']} at step {g['step']}, batch {p['batch_size']}, "
-             f"damping {p['damping']}, checksum {g['checksum']}"),
+            (f"gradients  {g['rows']} rows x dim {g['dim']} at step {g['step']}, method {p.get('method', 'final')}"
+             + (f", batch {p['batch_size']}, damping {p['damping']}" if p.get("method", "final") == "final" else "")
+             + f", checksum {g['checksum']}"),
             f"projection {p['kind']}, fingerprint {info['projection_fingerprint']}",
             f"spans      {s['documents']} documents, {s['units']} bytes of text, checksum {s['checksum']}",
             f"journal    event {info.get('event_seq')}",

@@ -411,11 +411,11 @@ def _sleep(node: Node, job: Job, ctx: JobContext) -> dict[str, Any]:
 
 
 def _attribution_index(node: Node, job: Job, ctx: JobContext) -> dict[str, Any]:
-    """payload: {"adapter": ref or id, "dim"?: int, "seed"?: int, "rebuild"?: bool}. Builds (or reuses) the adapter's
+    """payload: {"adapter": ref or id, "dim"?: int, "seed"?: int, "method"?: "inrun"|"final", "rebuild"?: bool}. Builds (or reuses) the adapter's
     attribution index (``node.attribution.build_index``, as the job's actor; who may ask is the HTTP layer's rule).
     The result is the build record without the projection seed, the index's secret. A build, once started, runs to
     its end: a cancel takes effect only while the job is queued."""
-    from ..attribution.service import DEFAULT_DIM
+    from ..attribution.service import DEFAULT_DIM, DEFAULT_METHOD
 
     p = job.payload
     adapter, rebuild = p.get("adapter"), p.get("rebuild", False)
@@ -424,7 +424,8 @@ def _attribution_index(node: Node, job: Job, ctx: JobContext) -> dict[str, Any]:
     if not isinstance(rebuild, bool):
         raise InvalidInput(f"attribution_index: rebuild must be true or false, got {rebuild!r}", field="rebuild")
     ctx.emit("building", {"adapter": adapter, "rebuild": rebuild})
-    record = node.attribution.build_index(adapter, dim=p.get("dim", DEFAULT_DIM), seed=p.get("seed"), rebuild=rebuild)
+    record = node.attribution.build_index(adapter, dim=p.get("dim", DEFAULT_DIM), seed=p.get("seed"),
+                                          method=p.get("method", DEFAULT_METHOD), rebuild=rebuild)
     return {**record, "params": {k: v for k, v in record["params"].items() if k != "seed"}}
 
 
