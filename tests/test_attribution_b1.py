@@ -113,13 +113,17 @@ def test_reduced_b1_runs_and_beats_chance(tmp_path):
     start = time.perf_counter()
     result = b1.run(cfg, tmp_path, log=lambda _line: None)
     assert time.perf_counter() - start <= 60
-    assert set(result.lds) >= {"Grad-Dot", "Grad-Cos", "TracIn-CP", "Adam-Cos", "Representation cosine"}
+    assert set(result.lds) >= {"Grad-Dot", "Grad-Cos", "TracIn-CP", "Adam-Cos", "Representation cosine", "DataInf",
+                               "BM25 (prompt and response)", b1.HEADLINE}
     assert all(math.isfinite(v) for v in result.lds.values())
     assert math.isfinite(result.ceiling)
     assert result.chance_top1 == 0.5
     assert result.fact_top1["Grad-Cos"] > result.chance_top1
     assert result.duplication[f"{b1.HEADLINE}, duplicates grouped"] == pytest.approx(1.0)
     assert result.split_change <= 1e-9
+    assert 0.0 <= result.owner_percentile <= 1.0 and 0.0 <= result.class_auc[b1.HEADLINE] <= 1.0
+    rows, notes = b1.table(result, cfg)
+    assert rows[0][0] == f"LDS, {b1.HEADLINE}" and "subsets" in notes
 
     # a rerun scores from the cache: no retrain runs again
     again = b1.run(cfg, tmp_path, log=lambda _line: None)

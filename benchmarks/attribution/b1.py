@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from report import publish
 
 from royalty.attribution.capture import example_gradients
+from royalty.attribution.inrun import InRunInfluence
 from royalty.attribution.evaluate import (
     banzhaf,
     lds,
@@ -82,7 +83,8 @@ from royalty.factory.callbacks import Batch
 from royalty.factory.data import IGNORE, Example
 
 WORK = Path(__file__).resolve().parent.parent / ".work" / "b1"
-HEADLINE = "TracIn-CP, Adam-Cos"  # the method the counterfactual and payout rows evaluate against Grad-Dot
+HEADLINE = "In-run Adam, Cos"  # what receipts use (index method "inrun"); the rows below evaluate it
+TRACIN = "TracIn-CP"  # the reference also asks for +0.10 over the better of Grad-Dot and this
 BASELINE = "Grad-Dot"
 EPS = 1e-8  # Adam's epsilon (torch's default), also in the preconditioner
 
@@ -223,9 +225,10 @@ class Trainer:
         return batches
 
     def train(self, examples: list[Example], members: np.ndarray, seed: int,
-              snapshots: int = 0) -> list[Snapshot]:
+              snapshots: int = 0, inrun: InRunInfluence | None = None) -> list[Snapshot]:
         """Fine-tune from the seed's initial LoRA weights on ``examples[members]``; the model keeps the result.
-        With ``snapshots`` = C, returns C snapshots at evenly spaced steps (the last at the end)."""
+        With ``snapshots`` = C, returns C snapshots at evenly spaced steps (the last at the end). With ``inrun``,
+        the library's in-run accumulator follows the run (``attribution.inrun``: what ``index build`` does)."""
         torch = self._torch
         with torch.no_grad():
             for p, init in zip(self.lora, self.initial(seed), strict=True):
@@ -238,17 +241,25 @@ class Trainer:
         taken: list[Snapshot] = []
         lrs: list[float] = []
         previous = 0  # the step of the last snapshot
+        if inrun is not None:
+            inrun.start(self.model, examples)
         self.model.train()
         for step, positions in enumerate(batches, start=1):
             batch = Batch.collate([examples[p] for p in positions], self.pad)
+            if inrun is not None:
+                inrun.begin_batch()
             loss = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                               labels=batch.labels).loss  # the factory's loss: mean over trained tokens
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.lora, self.cfg.max_grad_norm)
+            if inrun is not None:
+                inrun.add_batch(batch.example_indices)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.lora, self.cfg.max_grad_norm))
             lrs.append(schedule.get_last_lr()[0])
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            if inrun is not None:
+                inrun.end_step(optimizer, lrs[-1], norm, self.cfg.max_grad_norm)
             if step in marks:
                 v = []
                 for p in self.lora:
@@ -258,6 +269,8 @@ class Trainer:
                 taken.append(Snapshot([p.detach().clone() for p in self.lora], torch.cat(v).double().numpy(),
                                       float(np.mean(lrs[previous:step]))))
                 previous = step
+        if inrun is not None:
+            inrun.close()
         self.model.eval()
         return taken
 
@@ -373,8 +386,48 @@ class Scores:
     seconds: float
 
 
+def datainf(g: np.ndarray, q: np.ndarray, blocks: list[tuple[int, int]], c: float = 0.1) -> np.ndarray:
+    """Vectorised DataInf (Kwon et al., ICLR 2024) [Q, n]: per LoRA weight matrix l (columns ``blocks``), the
+    Sherman–Morrison approximation H_l⁻¹q_l ≈ (1/(nλ_l)) Σ_i [q_l − (q_l·g_il)/(λ_l + ‖g_il‖²) g_il] with
+    λ_l = c × mean(g_l²), then Σ_l (H_l⁻¹q_l)·g_il (positive = helpful, as everywhere here)."""
+    n = len(g)
+    out = np.zeros((len(q), n))
+    for lo, hi in blocks:
+        gl, ql = g[:, lo:hi], q[:, lo:hi]  # [n, d], [Q, d]
+        lam = c * float(np.mean(gl * gl))
+        weight = 1.0 / (lam + (gl * gl).sum(axis=1))  # [n]
+        h_inv_q = (n * ql - ((ql @ gl.T) * weight) @ gl) / (n * lam)  # [Q, d]
+        out += h_inv_q @ gl.T
+    return out
+
+
+def bm25(documents: list[str], queries: list[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+    """Okapi BM25 of every query against every document [Q, n], on lower-cased alphanumeric words."""
+    import math
+    import re
+    from collections import Counter
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    counts = [Counter(words(d)) for d in documents]
+    lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
+    average = float(lengths.mean())
+    df = Counter(w for c in counts for w in c)
+    idf = {w: math.log(1 + (len(counts) - k + 0.5) / (k + 0.5)) for w, k in df.items()}
+    out = np.zeros((len(queries), len(counts)))
+    for a, query in enumerate(queries):
+        for w in set(words(query)):
+            if w not in idf:
+                continue
+            tf = np.array([c[w] for c in counts], dtype=np.float64)
+            out[a] += idf[w] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * lengths / average))
+    return out
+
+
 def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Example],
-                  queries: list[Example], dampings: tuple[float, ...]) -> Scores:
+                  queries: list[Example], dampings: tuple[float, ...], inrun_rows: np.ndarray,
+                  data: SyntheticSet) -> Scores:
     start = time.perf_counter()
     s: dict[str, np.ndarray] = {}
     selfs: dict[str, np.ndarray] = {}
@@ -395,13 +448,21 @@ def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Ex
     s["Adam-Dot"] = (q * p) @ g.T
     s["Adam-Cos"] = _unit(q * p) @ _unit(g * p).T
     s.update(tracin)
+    s["In-run Adam"] = q @ inrun_rows.T
+    s["In-run Adam, Cos"] = _unit(q) @ _unit(inrun_rows).T
     for c in dampings:
         s[f"EF-IF, c = {c:g}"] = fisher_influence(g, q, c)
+    sizes = [w.numel() for w in trainer.lora]  # layout order: one block per LoRA weight matrix
+    edges = np.cumsum([0, *sizes])
+    s["DataInf"] = datainf(g, q, list(zip(edges[:-1], edges[1:], strict=True)))
+    s["BM25 (prompt and response)"] = bm25([f"{r.prompt} {r.response}" for r in data.records],
+                                           [f"{x.prompt} {x.response}" for x in data.queries])
     r, rq = trainer.representations(examples), trainer.representations(queries)
     s["Representation cosine"] = _unit(rq) @ _unit(r).T
     selfs["Grad-Dot"] = (g * g).sum(axis=1)
     selfs["Adam-Dot"] = (g * g) @ p
     selfs["TracIn-CP, Adam"] = tracin_self
+    selfs["In-run Adam"] = (g * inrun_rows).sum(axis=1)  # ⟨g_i(θ_T), row_i⟩
     return Scores(s, selfs, time.perf_counter() - start)
 
 
@@ -418,8 +479,8 @@ def duplicate_groups(data: SyntheticSet) -> np.ndarray:
 
 def payout(scores: np.ndarray, owners: list[str], groups: np.ndarray | None) -> dict[str, float]:
     """Total pay per contributor over the queries: per query, the positive part of each score, exact-duplicate
-    groups credited once (their mean) to the group's first contributor, shares summing to 1; then summed over
-    queries. ``groups`` None: no grouping (every example paid on its own)."""
+    groups credited once (their best row, as ``receipts.grouped_influence`` does) to the group's first contributor,
+    shares summing to 1; then summed over queries. ``groups`` None: no grouping (every example paid on its own)."""
     pos = np.maximum(scores, 0.0)  # [Q, n]
     if groups is None:
         groups = np.arange(pos.shape[1])
@@ -428,7 +489,7 @@ def payout(scores: np.ndarray, owners: list[str], groups: np.ndarray | None) -> 
     column = {name: k for k, name in enumerate(names)}
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
-        totals[:, column[owners[g]]] += pos[:, members].mean(axis=1)
+        totals[:, column[owners[g]]] += pos[:, members].max(axis=1)
     sums = totals.sum(axis=1, keepdims=True)
     shares = np.divide(totals, sums, out=np.zeros_like(totals), where=sums > 0)
     return dict(zip(names, shares.sum(axis=0).tolist(), strict=True))
@@ -461,6 +522,9 @@ class Result:
     ceiling: float
     fact_top1: dict[str, float]
     task_top1: dict[str, float]
+    class_auc: dict[str, float]
+    owner_percentile: float  # median over fact queries: percentile of the owner's fact records' effect
+    versus_tracin: tuple[float, float]  # headline minus TracIn-CP, paired (mean, standard error)
     chance_top1: float
     mislabel_auc: dict[str, float]
     counterfactual: dict[str, float]  # method -> mean loss increase of removing its top 5%; "random" too
@@ -504,12 +568,13 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
 
     at = time.perf_counter()
     everything = np.ones(n, dtype=bool)
-    snapshots = trainer.train(examples, everything, seed, snapshots=cfg.checkpoints)
+    inrun = InRunInfluence()
+    snapshots = trainer.train(examples, everything, seed, snapshots=cfg.checkpoints, inrun=inrun)
     full = trainer.log_likelihoods(queries)
-    seconds["full fine-tune"] = time.perf_counter() - at
-    scores = method_scores(trainer, snapshots, examples, queries, cfg.dampings)
+    seconds["full fine-tune (with in-run capture)"] = time.perf_counter() - at
+    scores = method_scores(trainer, snapshots, examples, queries, cfg.dampings, inrun.rows, data)
     seconds["scoring (all methods)"] = scores.seconds
-    log(f"full fine-tune {seconds['full fine-tune']:.1f} s, scoring {scores.seconds:.1f} s")
+    log(f"full fine-tune {seconds['full fine-tune (with in-run capture)']:.1f} s, scoring {scores.seconds:.1f} s")
 
     masks = sample_subsets(n, cfg.subsets, seed=cfg.subset_seed)
     actual = {}
@@ -524,6 +589,7 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
     paired = {name: paired_lds_difference(actual[seed], p, predicted[BASELINE]) for name, p in predicted.items()
               if name != BASELINE}
     ceiling = lds(actual[seed], actual[seed2])
+    versus_tracin = paired_lds_difference(actual[seed], predicted[HEADLINE], predicted[TRACIN])
 
     # top-1 retrieval: the best example's contributor (a duplicate counts for the record it copies) / task
     groups = duplicate_groups(data)
@@ -534,6 +600,17 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
         best = v.argmax(axis=1)
         fact_top1[name] = float(np.mean([owners[groups[best[k]]] == data.queries[k].owner for k in facts]))
         task_top1[name] = float(np.mean([data.records[best[k]].task == data.queries[k].task for k in tasks]))
+    # class retrieval (DataInf's metric) for task queries: AUC of the scores for the query's task's examples
+    task_of = np.array([r.task or "" for r in data.records])
+    class_auc = {name: float(np.mean([auc(v[k], task_of == data.queries[k].task) for k in tasks]))
+                 for name, v in scores.methods.items()}
+    # Is the fact owner's data what the fact query's answer depends on? Per-example Banzhaf estimate from the LDS
+    # subsets (mean f with the example minus without): where the owner's fact records rank among all examples.
+    inside = masks.astype(np.float64)  # [m, n]
+    effect = (actual[seed].T @ inside) / inside.sum(axis=0) - (actual[seed].T @ (1 - inside)) / (1 - inside).sum(axis=0)
+    owner_percentile = float(np.median([
+        (effect[k] < effect[k, [r.index for r in data.records if r.kind == "fact" and r.fact == data.queries[k].fact]]
+         .mean()).mean() for k in facts]))
     honest = [c for c in data.contributors if c.startswith("contributor-")]
     clean = np.array([r.kind != "outlier" for r in data.records])
     noisy = np.array([r.noisy for r in data.records])
@@ -600,7 +677,8 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
         seconds["per retrain (mean)"] = float(np.mean(cache.seconds))
         seconds["retrains run now"] = float(len(cache.seconds))
     seconds["total"] = time.perf_counter() - started
-    return Result(n, len(queries), lds_values, paired, ceiling, fact_top1, task_top1, 1.0 / len(honest), mislabel,
+    return Result(n, len(queries), lds_values, paired, ceiling, fact_top1, task_top1, class_auc, owner_percentile,
+                  versus_tracin, 1.0 / len(honest), mislabel,
                   counterfactual, payout_spearman, duplication, split_change, shares, seconds)
 
 
@@ -621,15 +699,24 @@ def table(result: Result, cfg: B1Config) -> tuple[list[tuple[str, str, str, str,
            f"top-1: fact {result.fact_top1[name]:.2f}, task {result.task_top1[name]:.2f}",
            f"{result.paired[name][0]:+.3f} ± {result.paired[name][1]:.3f}" if name != BASELINE else "",
            "reported", True) for name, value in v.items() if name != HEADLINE],
+        (f"LDS, {HEADLINE} minus {TRACIN} (paired)", f"{result.versus_tracin[0]:+.3f} ± {result.versus_tracin[1]:.3f}",
+         f"{v[TRACIN]:.3f} ({TRACIN})", "", "reference: >= +0.10 over the better of Grad-Dot and TracIn",
+         result.versus_tracin[0] >= 0.10),
         ("LDS noise ceiling (seed 1 against seed 0)", f"{result.ceiling:.3f}", "", "", "reported", True),
+        (f"class retrieval AUC (task queries), {HEADLINE}", f"{result.class_auc[HEADLINE]:.3f}",
+         f"{result.class_auc[BASELINE]:.3f} ({BASELINE}), {result.class_auc['DataInf']:.3f} (DataInf), "
+         f"{result.class_auc['BM25 (prompt and response)']:.3f} (BM25)", "", "reference: >= 0.97",
+         result.class_auc[HEADLINE] >= 0.97),
         (f"fact-owner top-1, {HEADLINE}", f"{result.fact_top1[HEADLINE]:.2f}",
-         f"{result.fact_top1[BASELINE]:.2f} ({BASELINE}), {result.fact_top1['Grad-Cos']:.2f} (Grad-Cos)",
+         f"{result.fact_top1[BASELINE]:.2f} ({BASELINE}), {result.fact_top1['Grad-Cos']:.2f} (Grad-Cos), "
+         f"{result.fact_top1['BM25 (prompt and response)']:.2f} (BM25); ground truth: the owner's fact records' "
+         f"effect on the query ranks at percentile {result.owner_percentile:.2f} (median)",
          f"chance {result.chance_top1:.2f}", ">= 0.90", result.fact_top1[HEADLINE] >= 0.90),
         (f"task top-1, {HEADLINE}", f"{result.task_top1[HEADLINE]:.2f}", f"{result.task_top1[BASELINE]:.2f}",
          "", "reported", True),
-        ("mislabel AUC, self-influence (TracIn-CP, Adam)", f"{result.mislabel_auc['TracIn-CP, Adam']:.3f}",
-         f"{result.mislabel_auc['Grad-Dot']:.3f} (Grad-Dot)", "", ">= 0.95",
-         result.mislabel_auc["TracIn-CP, Adam"] >= 0.95),
+        ("mislabel AUC, self-influence (In-run Adam)", f"{result.mislabel_auc['In-run Adam']:.3f}",
+         f"{result.mislabel_auc['Grad-Dot']:.3f} (Grad-Dot), {result.mislabel_auc['TracIn-CP, Adam']:.3f} "
+         "(TracIn-CP, Adam)", "", ">= 0.95", result.mislabel_auc["In-run Adam"] >= 0.95),
     ]
     cf, rnd = result.counterfactual, result.counterfactual["random"]
     def ratio(x: float) -> str:  # a random removal that did not raise the loss makes the ratio meaningless

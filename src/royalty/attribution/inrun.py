@@ -57,6 +57,10 @@ class InRunInfluence(TrainCallback):
     float64 holds one row per ``examples`` entry (the run's training examples, in their order) and ``steps`` the
     number of optimizer steps seen. A run must be followed from step 0 (a resumed run would miss the steps before
     its checkpoint: refused).
+
+    A training loop of its own can drive it without callbacks: ``start(model, examples)``, then per micro-batch
+    (forward and backward of ``loss_scale · Σ_b S_b``) ``add_batch(example_indices)``, per optimizer step
+    ``end_step(optimizer, lr, grad_norm, max_grad_norm)``, and ``close()`` at the end.
     """
 
     def __init__(self, projector: Projector | None = None) -> None:
@@ -67,45 +71,46 @@ class InRunInfluence(TrainCallback):
         self._capture: LoraGradientCapture | None = None
         self._position: dict[int, int] = {}  # Example.index -> row
         self._pending: list[tuple[list[int], Any]] = []  # the step's micro-batches: (rows, [B, D] scaled grads)
-        self._states: list[Any] = []  # the LoRA weights in layout order (keys of the optimizer's state)
+        self._weights: list[Any] = []  # the LoRA weights in layout order (keys of the optimizer's state)
 
-    def on_train_begin(self, ctx: TrainContext) -> None:
-        if ctx.step != 0:
-            raise InvalidInput("in-run influence must follow a run from its first step; this run resumes at step "
-                               f"{ctx.step}: build the index by replaying the run from the start", field="resume")
-        self._capture = LoraGradientCapture(ctx.model).__enter__()
-        self._capture.active = False
-        if self.projector is not None and self.projector.layout != self._capture.layout:
-            self._capture.__exit__(None, None, None)
-            self._capture = None
+    # --- the accumulator ----------------------------------------------------------------------------------------
+
+    def start(self, model: Any, examples: list[Example]) -> None:
+        """Attach to ``model`` (a PeftModel) for a run over ``examples`` (each with a distinct ``index``)."""
+        capture = LoraGradientCapture(model)
+        if self.projector is not None and self.projector.layout != capture.layout:
             raise InvalidInput("the projector was made for another model or LoRA config", field="projector")
-        self._states = self._capture.weights()
-        self.examples = list(ctx.data.train)
+        self._capture = capture.__enter__()
+        self._capture.active = False
+        self._weights = self._capture.weights()
+        self.examples = list(examples)
         self._position = {e.index: row for row, e in enumerate(self.examples)}
         dim = self.projector.dim if self.projector is not None else self._capture.dim
         self.rows = np.zeros((len(self.examples), dim), dtype=np.float64)
         self.steps = 0
 
-    def on_batch_begin(self, ctx: TrainContext, batch: Batch) -> None:
-        assert self._capture is not None
+    def begin_batch(self) -> None:
+        """Record the next forward and backward pass."""
+        assert self._capture is not None, "start() first"
         self._capture.clear()
         self._capture.active = True
 
-    def on_batch_end(self, ctx: TrainContext, batch: Batch, loss: torch.Tensor) -> None:
-        assert self._capture is not None
+    def add_batch(self, example_indices: list[int]) -> None:
+        """After the backward of one micro-batch whose rows are the examples with these ``Example.index``."""
+        assert self._capture is not None, "start() first"
         # per_example() with the default scale returns the gradients of loss_scale · S_b: exactly each example's
         # term of the step's objective (s_{t,i} · g_i)
         grads = self._capture.per_example()  # [B, D] float32
         self._capture.active = False
-        self._pending.append(([self._position[i] for i in batch.example_indices], grads))
+        self._pending.append(([self._position[i] for i in example_indices], grads))
 
-    def on_step_end(self, ctx: TrainContext) -> None:
+    def end_step(self, optimizer: Any, lr: float, grad_norm: float, max_grad_norm: float) -> None:
+        """After ``optimizer.step()`` (AdamW) of a step that used learning rate ``lr`` and clipped a gradient of
+        norm ``grad_norm`` to ``max_grad_norm``: add the step's terms to the rows of its examples."""
         import torch
 
-        if ctx.optimizer is None:
-            raise InvalidInput("in-run influence needs the optimizer in the training context", field="optimizer")
-        scale = ctx.last_lr * min(1.0, ctx.config.train.max_grad_norm / (ctx.grad_norm + 1e-6))  # η_t · c_t, as clip_grad_norm_
-        precondition = self._adam_scale(ctx.optimizer)  # [D] P_t
+        scale = lr * min(1.0, max_grad_norm / (grad_norm + 1e-6))  # η_t · c_t, as clip_grad_norm_ scales
+        precondition = self._adam_scale(optimizer)  # [D] P_t
         with torch.no_grad():
             for rows, grads in self._pending:
                 terms = grads * precondition * scale  # [B, D]
@@ -116,7 +121,8 @@ class InRunInfluence(TrainCallback):
         self._pending = []
         self.steps += 1
 
-    def on_train_end(self, ctx: TrainContext, result: RunResult) -> None:
+    def close(self) -> None:
+        """Remove the hooks (idempotent)."""
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
@@ -126,9 +132,31 @@ class InRunInfluence(TrainCallback):
         import torch
 
         parts = []
-        for weight in self._states:
+        beta2 = optimizer.param_groups[0]["betas"][1]
+        for weight in self._weights:
             state = optimizer.state[weight]
-            beta2 = optimizer.param_groups[0]["betas"][1]
             correction = 1.0 - beta2 ** float(state["step"])
             parts.append(((state["exp_avg_sq"] / correction).sqrt() + ADAM_EPS).reciprocal().flatten())
         return torch.cat(parts)
+
+    # --- the factory's callback hooks ---------------------------------------------------------------------------
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        if ctx.step != 0:
+            raise InvalidInput("in-run influence must follow a run from its first step; this run resumes at step "
+                               f"{ctx.step}: build the index by replaying the run from the start", field="resume")
+        self.start(ctx.model, ctx.data.train)
+
+    def on_batch_begin(self, ctx: TrainContext, batch: Batch) -> None:
+        self.begin_batch()
+
+    def on_batch_end(self, ctx: TrainContext, batch: Batch, loss: torch.Tensor) -> None:
+        self.add_batch(batch.example_indices)
+
+    def on_step_end(self, ctx: TrainContext) -> None:
+        if ctx.optimizer is None:
+            raise InvalidInput("in-run influence needs the optimizer in the training context", field="optimizer")
+        self.end_step(ctx.optimizer, ctx.last_lr, ctx.grad_norm, ctx.config.train.max_grad_norm)
+
+    def on_train_end(self, ctx: TrainContext, result: RunResult) -> None:
+        self.close()
