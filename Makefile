@@ -31,6 +31,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/attribution/spans.py
 	-$(PY) benchmarks/attribution/b1.py
 	-$(PY) benchmarks/attribution/query.py
+	-$(PY) benchmarks/attribution/capture.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis benchmarks/.work

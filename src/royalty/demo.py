@@ -243,8 +243,10 @@ def _attribution(node: Any, adapter: Any, say: Say) -> Any:
     say("\n== 6. cy asks the adapter a question; Proof of Attribution traces the answer to its training data")
     ref = f"{adapter.name}@{adapter.version}"
     built = node.attribution.build_index(ref)
-    say(f"   index: {built['rows']} training examples' projected LoRA gradients (dim {built['dim']}) and a suffix "
-        "array over their text")
+    replay = "reproduced the adapter bit for bit" if built["replay"]["identical"] else \
+        f"max weight difference {built['replay']['max_abs_diff']:.1e}"
+    say(f"   index: the training run replayed ({replay}); each of the {built['rows']} training examples' share of the "
+        f"updates, projected to {built['dim']} numbers, and a suffix array over their text")
     question = "How do I treat a bee sting?"
     receipt = node.attribution.attribute(ref, prompt=question, request_id="req-demo-1")
     answer = node.attribution.show(receipt.receipt_id)["request"]["response"]
