@@ -524,6 +524,7 @@ class Result:
     task_top1: dict[str, float]
     class_auc: dict[str, float]
     owner_percentile: float  # median over fact queries: percentile of the owner's fact records' effect
+    binding: tuple[float, float]  # loss increase of fact queries whose records were removed / of the others
     versus_tracin: tuple[float, float]  # headline minus TracIn-CP, paired (mean, standard error)
     chance_top1: float
     mislabel_auc: dict[str, float]
@@ -608,6 +609,13 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
     # subsets (mean f with the example minus without): where the owner's fact records rank among all examples.
     inside = masks.astype(np.float64)  # [m, n]
     effect = (actual[seed].T @ inside) / inside.sum(axis=0) - (actual[seed].T @ (1 - inside)) / (1 - inside).sum(axis=0)
+    # And directly: retrain without the records of half the facts; a learned fact loses more on its own query
+    # than on the other half's (the binding, not just the answer format, was learned)
+    half = {f for f in range(cfg.data.facts) if f % 2 == 0}
+    without = np.array([not (r.fact in half) for r in data.records])
+    dropped = full - cache.get(trainer, examples, queries, without, seed)  # [Q] loss increase, nats
+    binding = (float(np.mean([dropped[k] for k in facts if data.queries[k].fact in half])),
+               float(np.mean([dropped[k] for k in facts if data.queries[k].fact not in half])))
     owner_percentile = float(np.median([
         (effect[k] < effect[k, [r.index for r in data.records if r.kind == "fact" and r.fact == data.queries[k].fact]]
          .mean()).mean() for k in facts]))
@@ -678,6 +686,7 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
         seconds["retrains run now"] = float(len(cache.seconds))
     seconds["total"] = time.perf_counter() - started
     return Result(n, len(queries), lds_values, paired, ceiling, fact_top1, task_top1, class_auc, owner_percentile,
+                  binding,
                   versus_tracin, 1.0 / len(honest), mislabel,
                   counterfactual, payout_spearman, duplication, split_change, shares, seconds)
 
@@ -712,6 +721,9 @@ def table(result: Result, cfg: B1Config) -> tuple[list[tuple[str, str, str, str,
          f"{result.fact_top1['BM25 (prompt and response)']:.2f} (BM25); ground truth: the owner's fact records' "
          f"effect on the query ranks at percentile {result.owner_percentile:.2f} (median)",
          f"chance {result.chance_top1:.2f}", ">= 0.90", result.fact_top1[HEADLINE] >= 0.90),
+        ("fact records removed (half the facts): loss increase on their own queries / on the other facts'",
+         f"{result.binding[0]:.2f} / {result.binding[1]:.2f} nats", "", f"{result.binding[0] / result.binding[1]:.2f}x"
+         if result.binding[1] > 0 else "", "reported (1x: only the answer format was learned)", True),
         (f"task top-1, {HEADLINE}", f"{result.task_top1[HEADLINE]:.2f}", f"{result.task_top1[BASELINE]:.2f}",
          "", "reported", True),
         ("mislabel AUC, self-influence (In-run Adam)", f"{result.mislabel_auc['In-run Adam']:.3f}",
