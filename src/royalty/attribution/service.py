@@ -67,7 +67,7 @@ BUILD_FILE = "index.json"
 BUILD_FORMAT = "royalty.attribution-build/1"
 DEFAULT_DIM = 1024
 METHODS = ("inrun", "final")  # see Attribution.build_index
-DEFAULT_METHOD = "inrun"  # B1: LDS 0.43 against 0.36 for the preconditioned final-weights cosine (docs/BENCHMARKS.md)
+DEFAULT_METHOD = "inrun"  # B1 LDS: 0.413, against 0.351 for the final-weights cosine (docs/BENCHMARKS.md)
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_TOP = 10
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -217,7 +217,7 @@ class Attribution:
         final = self.index_dir(adapter)
         try:
             build = self._inrun_rows if params["method"] == "inrun" else self._final_rows
-            projector, grad, replay = build(adapter, cfg, params, tmp, step)
+            projector, grad, replay = build(adapter, cfg, data, params, tmp, step)
             spans = SpanIndex.build(
                 ((DocMeta(e.contribution_id, e.contributor, e.datanet_id, e.datanet, e.version, e.position),
                   texts[(e.datanet_id, e.version, e.position)]) for e in data.train), tmp / "spans")
@@ -242,17 +242,15 @@ class Attribution:
         self._cache.pop(adapter.id, None)
         return {**record, "event_seq": event}
 
-    def _final_rows(self, adapter: Adapter, cfg: TrainConfig, params: dict[str, Any], tmp: Path,
+    def _final_rows(self, adapter: Adapter, cfg: TrainConfig, data: DataSplit, params: dict[str, Any], tmp: Path,
                     step: int) -> tuple[Projector, AttributionIndex, None]:
         """Method "final": every training example's gradient at the adapter's weights (a post-hoc pass), with a
         damped Fisher preconditioner."""
         from ..factory.callbacks import pad_id
-        from ..factory.data import build_data
         from .capture import LoraGradientCapture
         from .projection import Projector
 
         model, tokenizer = _load_model(adapter, cfg)
-        data = build_data(self.node, cfg, tokenizer)
         with _torch_threads(THREADS), LoraGradientCapture(model) as capture:
             projector = Projector(capture.layout, params["dim"], params["seed"], PROJECTION_KIND)
             grad = _create_index(tmp, projector, adapter, step)
@@ -268,13 +266,13 @@ class Attribution:
             grad.build_preconditioner(float(params["damping"]))
         return projector, grad, None
 
-    def _inrun_rows(self, adapter: Adapter, cfg: TrainConfig, params: dict[str, Any], tmp: Path,
+    def _inrun_rows(self, adapter: Adapter, cfg: TrainConfig, data: DataSplit, params: dict[str, Any], tmp: Path,
                     step: int) -> tuple[Projector, AttributionIndex, dict[str, Any]]:
         """Method "inrun": replay the adapter's training run (its config, data, seed, parent and thread count) with
         ``inrun.InRunInfluence`` attached, so every row is the example's Adam-scaled share of the updates it was
         in. The replay's weights are compared with the registered adapter's: on the platform and thread count it
         was trained with they are identical bit for bit (the factory's loop is deterministic); the record keeps
-        whether they were and the largest difference."""
+        whether they were and the largest difference. (``setup`` rebuilds ``data`` itself, the same examples.)"""
         from ..factory.train import fit, setup
         from .capture import LoraGradientCapture
         from .inrun import InRunInfluence
