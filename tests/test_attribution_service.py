@@ -23,6 +23,7 @@ from royalty.attribution.receipts import (
     fixed_scores,
     fixed_span_credit,
     grouped_influence,
+    near_duplicate_keys,
     weights,
 )
 from royalty.attribution.service import Attribution
@@ -191,6 +192,52 @@ def test_duplicating_records_does_not_raise_pay(world: dict[str, Any], tmp_path:
     for s, c in zip(fixed_scores(scores).tolist(), dup_contributors):
         naive[c] = naive.get(c, 0) + max(s, 0)
     assert naive[ids["cy"]] / sum(naive.values()) > 1.1 * base.get(ids["cy"], 0) / PPM
+
+
+def test_near_duplicates_are_grouped_like_exact_copies(world: dict[str, Any], tmp_path: Path) -> None:
+    """cy copies ada's records with light edits (case, spacing, one changed word) into other datanets: they are
+    grouped with ada's rows, so cy's pay for a question about ada's fact does not grow by more than 10%."""
+    service, ids = world["service"], world["ids"]
+    loaded = service._load(ADAPTER)
+    prompt, response = FACTS["ada"][1]
+    query = _scores(service, prompt, response)
+    cids, contributors, datanets = _columns(loaded.grad)
+    texts = [loaded.spans.document_text(d) for d in range(loaded.spans.documents)]
+    assert near_duplicate_keys(texts, cids) == cids  # the facts are all different: every row its own group
+    base = _weights(query, near_duplicate_keys(texts, cids), contributors, datanets, [], 7_000)
+
+    def edit(text: str, k: int) -> str:
+        words = text.split()
+        words[-1] = words[-1].upper() if k % 2 else words[-1] + "!"
+        return "  ".join(words) if k % 3 else " ".join(words).replace(words[0], words[0].lower(), 1)
+
+    ada_rows = [i for i, c in enumerate(contributors) if c == ids["ada"]]
+    rows = list(range(len(cids))) + ada_rows * 5
+    copies = [edit(texts[i], k) for k in range(5) for i in ada_rows]
+    assert all(c not in texts for c in copies)  # not exact copies
+    dup_texts = texts + copies
+    dup_cids = cids + [f"copy-{j}" for j in range(len(copies))]  # other content, other contribution ids
+    dup_contributors = contributors + [ids["cy"]] * len(copies)
+    dup_datanets = datanets + [f"dn_copy{k}" for k in range(5) for _ in ada_rows]
+    keys = near_duplicate_keys(dup_texts, dup_cids)
+    assert keys[len(cids):] == [cids[i] for i in ada_rows] * 5  # every copy joined its original's group
+    after = _weights(query[rows], keys, dup_contributors, dup_datanets, [], 7_000)
+    assert after.get(ids["cy"], 0) <= 1.1 * base.get(ids["cy"], 0)
+    assert after[ids["ada"]] >= base[ids["ada"]] * 0.99
+    # Grouped by contribution id only, the edited copies would have earned on their own: the test can fail.
+    naive = _weights(query[rows], dup_cids, dup_contributors, dup_datanets, [], 7_000)
+    assert naive.get(ids["cy"], 0) > 1.1 * base.get(ids["cy"], 0)
+
+
+def test_near_duplicate_keys() -> None:
+    texts = ["the quick brown fox jumps over the lazy dog today", "THE quick brown fox jumps over the lazy dog today",
+             "a completely different sentence about honey bees", "🙂🙂", "🙂🙂",
+             "the quick  brown fox jumps over the lazy dog today"]
+    assert near_duplicate_keys(texts, ["a", "b", "c", "d", "e", "a"]) == ["a", "a", "c", "d", "e", "a"]
+    # an earlier row wins whatever its id; texts without words group only by exact content (the same id)
+    assert near_duplicate_keys(texts[:2], ["z", "y"]) == ["z", "z"]
+    with pytest.raises(InvalidInput):
+        near_duplicate_keys(texts, ["a"])
 
 
 def test_splitting_a_contributor_into_three_accounts_changes_their_total_by_at_most_one_percent(

@@ -64,6 +64,7 @@ from report import publish
 
 from royalty.attribution.capture import example_gradients
 from royalty.attribution.inrun import InRunInfluence
+from royalty.attribution.receipts import near_duplicate_keys
 from royalty.attribution.evaluate import (
     banzhaf,
     lds,
@@ -472,9 +473,13 @@ def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Ex
 
 
 def duplicate_groups(data: SyntheticSet) -> np.ndarray:
-    """[n]: the index of the first record with the same prompt and response (exact-duplicate groups)."""
+    """[n]: the index of the first record of each record's group, as receipts group rows
+    (``receipts.near_duplicate_keys``: exact copies and near-duplicates of an earlier record; a record's
+    contribution id stands for its content)."""
     first: dict[tuple[str, str], int] = {}
-    return np.array([first.setdefault((r.prompt, r.response), r.index) for r in data.records])
+    ids = [str(first.setdefault((r.prompt, r.response), r.index)) for r in data.records]
+    keys = near_duplicate_keys([f"{r.prompt}\n{r.response}" for r in data.records], ids)
+    return np.array([int(k) for k in keys])
 
 
 def payout(scores: np.ndarray, owners: list[str], groups: np.ndarray | None) -> dict[str, float]:

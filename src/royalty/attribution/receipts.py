@@ -18,10 +18,12 @@ Weights policy (:func:`weights`): how one answer's data share is divided.
    integers (``round(cosine × 10^9)``) and only the positive part counts: an example that made the answer less
    likely earns nothing (and is not charged).
 2. Duplicates are grouped so that duplication cannot raise pay. A record's contribution id is the SHA-256 of its
-   canonical content, so an exact copy has the same id, in any datanet or version (within a datanet, exact copies
-   are refused at ingestion and near-duplicates refused or queued for a curator). Rows are grouped by
-   contribution id; a group earns once, its best row's score, and is paid to the contributor (and datanet) of its
-   first row in the training order (datanets in the adapter's config order, then version position).
+   canonical content, so an exact copy has the same id, in any datanet or version; within a datanet, exact copies
+   are refused at ingestion and near-duplicates refused or queued for a curator. Across datanets, rows are grouped
+   by :func:`near_duplicate_keys`: exact copies and near-duplicates (light edits: case, spacing, a changed word;
+   estimated Jaccard of word 3-grams >= 0.8) of an earlier row join its group. A group earns once, its best row's
+   score, and is paid to the contributor (and datanet) of its first row in the training order (datanets in the
+   adapter's config order, then version position).
 3. Span credit (``spans.span_credit``): each verbatim span's surprise (nats) split among the distinct contributions
    containing it (so copies again count once), summed per contributor, fixed point in micro-nats.
 4. Mix. ``w_c = α · I_c / Σ I + (1 − α) · S_c / Σ S`` with α = ``influence_bps`` / 10,000, a governed Param. When
@@ -57,6 +59,7 @@ PPM = 1_000_000
 BPS = 10_000
 SCORE_SCALE = 10**9  # fixed-point influence: units per 1.0 of cosine
 SPAN_SCALE = 10**6  # fixed-point span credit: micro-nats
+NEAR_DUPLICATE_BP = 8_000  # rows this similar (estimated Jaccard, basis points) are one group: the datanets' default
 TIME_FIELDS = ("created_ms",)  # fields about time: taken from the stored receipt when it is recomputed
 
 
@@ -113,7 +116,7 @@ class Method(_Frozen):
     influence: InfluenceMethod
     spans: SpanMethod
     influence_bps: int
-    grouping: str  # "contribution_id"
+    grouping: str  # "near_duplicates_bp=8000": exact and near-duplicate rows grouped (near_duplicate_keys)
     top: int
 
 
@@ -280,6 +283,34 @@ class RowOwners:
         c_codes, c_names = _codes(contributors)
         d_codes, d_names = _codes(datanets)
         return cls(group, c_codes, d_codes, c_names, d_names)
+
+
+def near_duplicate_keys(texts: Sequence[str], contribution_ids: Sequence[str], *,
+                        threshold_bp: int = NEAR_DUPLICATE_BP) -> list[str]:
+    """The grouping key of every row (rows in training order): the contribution id of the earliest row whose
+    text this row's duplicates, exactly (the same contribution id) or nearly (estimated Jaccard similarity of
+    word 3-grams >= ``threshold_bp``, ``datanet.dedup``'s MinHash, the most similar earlier row when several
+    are). A row that duplicates nothing earlier keys itself. Texts without words are grouped by exact content
+    only (their signatures say nothing). Deterministic: integer hashing only."""
+    from ..datanet.dedup import NearDuplicateIndex, has_words, signature
+
+    if len(texts) != len(contribution_ids):
+        raise InvalidInput("texts and contribution ids must have one entry per row", field="rows")
+    index = NearDuplicateIndex(threshold_bp)
+    group_of: dict[str, str] = {}  # contribution id -> its group's key
+    keys = []
+    for text, cid in zip(texts, contribution_ids, strict=True):
+        if cid not in group_of:
+            key = cid
+            if has_words(text):
+                sig = signature(text)
+                match = index.best_match(sig)
+                if match is not None:
+                    key = group_of[match[0]]
+                index.add(cid, sig)
+            group_of[cid] = key
+        keys.append(group_of[cid])
+    return keys
 
 
 def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:

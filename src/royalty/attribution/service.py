@@ -42,6 +42,7 @@ from ..errors import Conflict, InvalidInput, NotFound, VerificationFailed
 from ..journal.canonical import canonical_json
 from .index import DEFAULT_DAMPING, SCORE_THREADS, AttributionIndex, RowMeta
 from .receipts import (
+    NEAR_DUPLICATE_BP,
     SCORE_SCALE,
     SPAN_SCALE,
     AttributionReceipt,
@@ -51,6 +52,7 @@ from .receipts import (
     fixed_scores,
     fixed_span_credit,
     grouped_influence,
+    near_duplicate_keys,
     weights,
 )
 from .spans import DocMeta, SpanIndex, TraceParams
@@ -367,8 +369,13 @@ class Attribution:
         projector = Projector.from_description(grad.projection)
         cfg = _config(adapter)
         model, tokenizer = _load_model(adapter, cfg)
-        owners = RowOwners.of(grad.column("contribution_id"), grad.column("contributor"),  # type: ignore[arg-type]
-                              grad.column("datanet_id"))  # type: ignore[arg-type]
+        # one span-index document per row, in the same (training) order: the texts near-duplicates are found in
+        cids = list(grad.column("contribution_id"))
+        if spans.documents != len(cids):
+            raise VerificationFailed(f"the attribution index of {adapter.ref} has {len(cids)} rows and {spans.documents} "
+                                     "span documents; rebuild it (--rebuild)", field=BUILD_FILE)
+        keys = near_duplicate_keys([spans.document_text(d) for d in range(spans.documents)], cids)
+        owners = RowOwners.of(keys, grad.column("contributor"), grad.column("datanet_id"))  # type: ignore[arg-type]
         loaded = _Loaded(adapter, record, model, tokenizer, cfg.data.template, projector, grad, spans, owners)
         self._cache[adapter.id] = loaded
         return loaded
@@ -504,7 +511,7 @@ class Attribution:
                 "spans": {"params": {**asdict(trace), "keep_fraction": repr(trace.keep_fraction)},
                           "index_checksum": loaded.spans.manifest["checksum"], "documents": loaded.spans.documents,
                           "span_scale": SPAN_SCALE},
-                "influence_bps": influence_bps, "grouping": "contribution_id", "top": top,
+                "influence_bps": influence_bps, "grouping": f"near_duplicates_bp={NEAR_DUPLICATE_BP}", "top": top,
             },
             weights={"contributors": weights(influence, span_c, influence_bps),
                      "datanets": weights(influence_dn, span_d, influence_bps)},

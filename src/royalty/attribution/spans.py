@@ -268,6 +268,15 @@ class SpanIndex:
         """Bytes on disk, manifest included."""
         return sum(f["bytes"] for f in self.manifest["files"].values()) + (self.path / "manifest.json").stat().st_size
 
+    def document_text(self, doc: int) -> str:
+        """The text of document ``doc`` (a text index; documents in the order they were built)."""
+        if self.kind != "text":
+            raise InvalidInput("a token index holds token ids, not text", field="kind")
+        if not 0 <= doc < self.documents:
+            raise InvalidInput(f"document {doc} is not in this index ({self.documents} documents)", field="doc")
+        begin, end = int(self._doc_starts[doc]), int(self._doc_starts[doc + 1]) - 1  # the separator byte ends it
+        return self._corpus[begin:end].decode("utf-8")
+
     def count(self, pattern: str | Sequence[int]) -> int:
         """Exact number of occurrences of ``pattern`` (text or ids, as the index) in the documents."""
         encoded, _ = self._encode(pattern)
