@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
@@ -45,3 +49,12 @@ def publish(name: str, title: str, command: str, rows: list[Row], notes: str, *,
     if write:
         write_section(DOCS, name, section)
     return 0 if all(ok for *_, ok in rows) else 1
+
+
+def run_worker(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` (a benchmark calling itself with ``--worker ...``) in a fresh Python process and return the JSON
+    object its last stdout line holds; exit with its stderr if it failed."""
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{Path(script).name} {' '.join(args[:2])} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

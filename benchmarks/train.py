@@ -34,7 +34,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import publish  # noqa: E402  (benchmarks/ is on sys.path when run)
+from report import publish, run_worker  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 RECORDS = 400
 SPEC = {"vocab_size": 4096, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 344}
@@ -178,11 +177,7 @@ def worker(kind: str, root: Path, name: str) -> None:
 
 
 def measure(kind: str, root: Path, name: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--worker", kind, "--root", str(root), "--name", name],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, "--worker", kind, "--root", str(root), "--name", name)
 
 
 # ----------------------------------------------------------------------------------------------------------------

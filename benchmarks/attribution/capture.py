@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from report import publish  # noqa: E402
+from report import publish, run_worker  # noqa: E402
 from train import RECORDS, prepare  # noqa: E402  (benchmarks/train.py: the same node, data and model)
 
 DIM = 1024
@@ -61,11 +60,7 @@ def run(root: Path, name: str, capture: bool, dim: int) -> dict[str, Any]:
 
 
 def measure(kind: str, root: Path, name: str, dim: int) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--worker", kind, "--root", str(root), "--name", name,
-                           "--dim", str(dim)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, "--worker", kind, "--root", str(root), "--name", name, "--dim", str(dim))
 
 
 def main() -> int:
