@@ -303,6 +303,9 @@ def test_index_is_reused_with_the_same_parameters_and_refused_with_others(world:
     assert info["grad"]["rows"] == 12 and info["spans"]["documents"] == 12 and "seed" not in info["params"]
     with pytest.raises(InvalidInput):
         service.build_index(ADAPTER, dim=0)
+    with pytest.raises(InvalidInput, match="method must be one of inrun, final") as bad:
+        service.build_index(ADAPTER, method="tracin")
+    assert bad.value.field == "method"
     with pytest.raises(InvalidInput):
         service.attribute(ADAPTER, prompt=" ", response="x")
 
