@@ -331,6 +331,8 @@ def test_cli_attribute_show_verify_and_index(world: dict[str, Any], capsys: pyte
     assert code == 0 and "ada" in out and receipt.receipt_id in out, err
     code, out, err = run_cli(capsys, "attribution", "index", "info", ADAPTER, "--home", home, "--json")
     assert code == 0 and json.loads(out)["grad"]["rows"] == 12, err
+    code, out, err = run_cli(capsys, "attribution", "index", "info", ADAPTER, "--home", home)
+    assert code == 0 and "method inrun" in out and "damping" not in out, err
     code, out, err = run_cli(capsys, "attribute", ADAPTER, "--prompt", prompt, "--home", home)
     assert code == 1 and "--response" in err
     code, out, err = run_cli(capsys, "attribution", "verify", "rcpt_" + "0" * 24, "--home", home)
