@@ -647,7 +647,7 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
     # And directly: retrain without the records of half the facts; a learned fact loses more on its own query
     # than on the other half's (the binding, not just the answer format, was learned)
     half = {f for f in range(cfg.data.facts) if f % 2 == 0}
-    without = np.array([not (r.fact in half) for r in data.records])
+    without = np.array([r.fact not in half for r in data.records])
     dropped = full - cache.get(trainer, examples, queries, without, seed)  # [Q] loss increase, nats
     binding = (float(np.mean([dropped[k] for k in facts if data.queries[k].fact in half])),
                float(np.mean([dropped[k] for k in facts if data.queries[k].fact not in half])))
