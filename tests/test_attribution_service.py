@@ -295,10 +295,12 @@ def test_index_is_reused_with_the_same_parameters_and_refused_with_others(world:
     service = world["service"]
     again = service.build_index(ADAPTER, dim=128, batch_size=4)
     assert again["reused"] and again["grad_checksum"] == world["built"]["grad_checksum"]
-    for changed in ({"dim": 64}, {"batch_size": 2}, {"seed": 12}):
+    for changed in ({"dim": 64}, {"seed": 12}, {"method": "final"}):
         with pytest.raises(Conflict) as refused:
             service.build_index(ADAPTER, **{"dim": 128, "batch_size": 4, **changed})
         assert next(iter(changed)) in refused.value.message
+    # a replay batches as the training did: the post-hoc batch size is no parameter of an in-run index
+    assert service.build_index(ADAPTER, dim=128, batch_size=2)["reused"]
     info = service.info(ADAPTER)
     assert info["grad"]["rows"] == 12 and info["spans"]["documents"] == 12 and "seed" not in info["params"]
     with pytest.raises(InvalidInput):
@@ -333,6 +335,11 @@ def test_cli_attribute_show_verify_and_index(world: dict[str, Any], capsys: pyte
     assert code == 0 and json.loads(out)["grad"]["rows"] == 12, err
     code, out, err = run_cli(capsys, "attribution", "index", "info", ADAPTER, "--home", home)
     assert code == 0 and "method inrun" in out and "damping" not in out, err
+    code, out, err = run_cli(capsys, "attribution", "index", "build", ADAPTER, "--dim", "128", "--seed", "11",
+                             "--home", home)
+    assert code == 0 and "reused the existing" in out and "reproduced the adapter bit for bit" in out, err
+    code, out, err = run_cli(capsys, "attribution", "index", "build", ADAPTER, "--method", "tracin", "--home", home)
+    assert code == 1 and "method must be one of" in err and "Traceback" not in err
     code, out, err = run_cli(capsys, "attribute", ADAPTER, "--prompt", prompt, "--home", home)
     assert code == 1 and "--response" in err
     code, out, err = run_cli(capsys, "attribution", "verify", "rcpt_" + "0" * 24, "--home", home)

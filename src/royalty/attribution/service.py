@@ -2,9 +2,10 @@
 
 Files under ``<home>/attribution/``::
 
-    <adapter id>/index.json     the build record: parameters (dim, seed, batch size, damping, threads), projection
+    <adapter id>/index.json     the build record: parameters (method, dim, seed, threads; batch size and damping for
+                                method final), the replay's comparison with the adapter (method inrun), projection
                                 fingerprint, rows, both indexes' checksums, the attribution.index_built event
-    <adapter id>/grad/          AttributionIndex: projected per-example gradients at the final weights + preconditioner
+    <adapter id>/grad/          AttributionIndex: one projected row per training example (+ preconditioner: final)
     <adapter id>/spans/         SpanIndex over the training text, one document per training example
     receipts/<rcpt_…>.json      a receipt's canonical JSON bytes (their SHA-256 is journaled)
     receipts/<rcpt_…>.request.json   the prompt, the response and its token ids, to recompute the receipt
@@ -152,8 +153,9 @@ class Attribution:
         adapter = self.node.adapters.get(adapter_ref)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)} (got {method!r})", field="method")
-        wanted = {"method": method, "dim": dim, "batch_size": batch_size, "damping": repr(float(damping)),
-                  "kind": PROJECTION_KIND, "threads": THREADS}
+        wanted: dict[str, Any] = {"method": method, "dim": dim, "kind": PROJECTION_KIND, "threads": THREADS}
+        if method == "final":  # what only a post-hoc pass uses (a replay batches as the training did)
+            wanted.update(batch_size=batch_size, damping=repr(float(damping)))
         existing = self._build_record(adapter)
         if existing is not None and not rebuild:
             recorded = existing["params"]
@@ -319,8 +321,9 @@ class Attribution:
                     "manifest_sha256": record["adapter"]["manifest_sha256"],
                     "grad_checksum": record["grad_checksum"], "spans_checksum": record["spans_checksum"],
                     "projection_fingerprint": record["projection_fingerprint"], "dim": record["dim"],
-                    "rows": record["rows"], "damping": record["params"]["damping"],
-                    "batch_size": record["params"]["batch_size"], "rebuilt": replace,
+                    "rows": record["rows"], "method": record["params"]["method"],
+                    "damping": record["params"].get("damping"), "batch_size": record["params"].get("batch_size"),
+                    "rebuilt": replace,
                 })
         except BaseException:
             if final.exists() and not tmp.exists():

@@ -111,9 +111,14 @@ def index_build(
         shown = {k: v for k, v in record.items() if k != "params"}
         shown["params"] = {k: v for k, v in record["params"].items() if k != "seed"}  # the seed stays secret
         verb = "reused the existing" if record["reused"] else "built the"
+        replay = record.get("replay")
+        how = "" if replay is None else (
+            "; the replayed training reproduced the adapter bit for bit" if replay["identical"] else
+            f"; the replayed training differs from the adapter (largest weight difference {replay['max_abs_diff']:.2e}: "
+            "another platform or thread count), so rows describe a run within that distance of it")
         emit(as_json, shown, f"{verb} attribution index of {record['adapter']['ref']}: {record['rows']} rows, "
                              f"dim {record['dim']}, index {record['grad_checksum'][:12]}, spans "
-                             f"{record['spans_checksum'][:12]}")
+                             f"{record['spans_checksum'][:12]}{how}")
 
 
 @index_app.command("info")
