@@ -24,19 +24,16 @@ from api_server import LiveServer
 from conftest import FREE_PUBLISHING, Clock
 from factory_fixtures import tiny_model_dir  # noqa: F401  (a session fixture)
 from test_api_factory import assert_error
-from test_attribution_service import FACTS
+from test_attribution_service import ADAPTER, FACTS, train_facts_adapter
 
 import royalty
 from royalty import Node
 from royalty.api import create_app
 from royalty.attribution.receipts import PPM
-from royalty.factory.config import load_config
 from royalty.factory.jobs import pid_alive
-from royalty.ledger.amounts import UNIT
 
 pytest.importorskip("torch")
 
-ADAPTER = "facts-helper"
 
 
 @dataclass
@@ -60,20 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
     for name, roles in (("admin", ("admin",)), ("ben", ()), ("mallory", ()), ("ada", ()), ("bo", ()), ("cy", ())):
         account, keys[name] = node.accounts.create(name, roles=roles)
         ids[name] = account.id
-    node.datanets.create("facts", title="Facts", kind="instruction", licenses=["CC-BY-4.0"], policy="open",
-                         owner="ben")
-    for who, facts in FACTS.items():
-        node.datanets.contribute_records("facts", [{"prompt": p, "response": r} for p, r in facts], contributor=who)
-    node.datanets.publish("facts", actor="ben")
-    node.tokens.faucet("ben", 100 * UNIT, actor=node.operator())
-    cfg = load_config({
-        "model": {"base": str(tiny_model_dir)},
-        "data": {"datanets": ["facts@1"], "max_seq_len": 64, "eval_fraction": 0.0},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "train": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01, "seed": 3, "threads": 1},
-        "output": {"name": ADAPTER, "license": "CC-BY-4.0"},
-    })
-    assert node.factory.train(cfg, actor="ben").adapter is not None
+    train_facts_adapter(node, tiny_model_dir)
     try:
         with LiveServer(create_app(node)) as server:
             clients = {name: server.client(key) for name, key in keys.items()} | {"anon": server.client()}

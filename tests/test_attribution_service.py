@@ -53,6 +53,26 @@ FACTS = {
 ADAPTER = "facts-helper"
 
 
+def train_facts_adapter(node: Any, model_dir: Path) -> Any:
+    """The facts datanet (owned by ben; ada, bo and cy contribute FACTS), published, and ADAPTER trained on it by ben
+    (funded for the registration fee). The accounts must exist."""
+    node.datanets.create("facts", title="Facts", kind="instruction", licenses=["CC-BY-4.0"], policy="open", owner="ben")
+    for who, facts in FACTS.items():
+        node.datanets.contribute_records("facts", [{"prompt": p, "response": r} for p, r in facts], contributor=who)
+    node.datanets.publish("facts", actor="ben")
+    node.tokens.faucet("ben", 100 * UNIT, actor=node.operator())
+    cfg = load_config({
+        "model": {"base": str(model_dir)},
+        "data": {"datanets": ["facts@1"], "max_seq_len": 64, "eval_fraction": 0.0},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01, "seed": 3, "threads": 1},
+        "output": {"name": ADAPTER, "license": "CC-BY-4.0"},
+    })
+    adapter = node.factory.train(cfg, actor="ben").adapter
+    assert adapter is not None
+    return adapter
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     """A node with the facts datanet, an adapter trained on it and its attribution index (dim 128)."""
@@ -64,21 +84,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
     operator = node.operator()
     for name in ("ada", "bo", "cy", "ben", "user"):
         node.accounts.create(name, actor=operator)
-    node.datanets.create("facts", title="Facts", kind="instruction", licenses=["CC-BY-4.0"], policy="open", owner="ben")
-    for who, facts in FACTS.items():
-        node.datanets.contribute_records("facts", [{"prompt": p, "response": r} for p, r in facts], contributor=who)
-    node.datanets.publish("facts", actor="ben")
-    node.tokens.faucet("ben", 100 * UNIT, actor=operator)
     node.tokens.faucet("user", 100 * UNIT, actor=operator)
-    cfg = load_config({
-        "model": {"base": str(tiny_model_dir)},
-        "data": {"datanets": ["facts@1"], "max_seq_len": 64, "eval_fraction": 0.0},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "train": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01, "seed": 3, "threads": 1},
-        "output": {"name": ADAPTER, "license": "CC-BY-4.0"},
-    })
-    adapter = node.factory.train(cfg, actor="ben").adapter
-    assert adapter is not None
+    adapter = train_facts_adapter(node, tiny_model_dir)
     service = Attribution(node)
     built = service.build_index(ADAPTER, dim=128, batch_size=4, seed=11)
     ids = {name: node.accounts.get(name).id for name in ("ada", "bo", "cy", "ben", "user")}
