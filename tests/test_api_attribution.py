@@ -35,7 +35,6 @@ from royalty.factory.jobs import pid_alive
 pytest.importorskip("torch")
 
 
-
 @dataclass
 class World:
     node: Node
