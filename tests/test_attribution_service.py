@@ -236,6 +236,30 @@ def test_near_duplicates_are_grouped_like_exact_copies(world: dict[str, Any], tm
     assert naive.get(ids["cy"], 0) > 1.1 * base.get(ids["cy"], 0)
 
 
+def test_group_keys_are_stored_at_build_time_and_checked(world: dict[str, Any]) -> None:
+    """The build writes every row's grouping key once (groups.json, hashed in index.json); loading uses it, and a
+    changed byte in it is refused naming the file."""
+    service = world["service"]
+    loaded = service._load(ADAPTER)
+    folder = service.index_dir(loaded.adapter)
+    record = json.loads((folder / "index.json").read_text())
+    groups = json.loads((folder / "groups.json").read_text())
+    texts = [loaded.spans.document_text(d) for d in range(loaded.spans.documents)]
+    assert groups["keys"] == near_duplicate_keys(texts, list(loaded.grad.column("contribution_id")))
+    assert record["groups_sha256"]
+    original = (folder / "groups.json").read_bytes()
+    try:
+        (folder / "groups.json").write_bytes(original.replace(b'"keys":["', b'"keys":["x'))
+        service._cache.clear()
+        with pytest.raises(VerificationFailed) as failed:
+            service._load(ADAPTER)
+        assert "groups.json" in str(failed.value) and failed.value.field == "groups.json"
+    finally:
+        (folder / "groups.json").write_bytes(original)
+        service._cache.clear()
+    assert service._load(ADAPTER).owners.group.tolist() == loaded.owners.group.tolist()
+
+
 def test_near_duplicate_keys() -> None:
     texts = ["the quick brown fox jumps over the lazy dog today", "THE quick brown fox jumps over the lazy dog today",
              "a completely different sentence about honey bees", "🙂🙂", "🙂🙂",

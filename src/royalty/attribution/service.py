@@ -4,9 +4,12 @@ Files under ``<home>/attribution/``::
 
     <adapter id>/index.json     the build record: parameters (method, dim, seed, threads; batch size and damping for
                                 method final), the replay's comparison with the adapter (method inrun), projection
-                                fingerprint, rows, both indexes' checksums, the attribution.index_built event
+                                fingerprint, rows, both indexes' checksums, the groups file's hash, the
+                                attribution.index_built event
     <adapter id>/grad/          AttributionIndex: one projected row per training example (+ preconditioner: final)
     <adapter id>/spans/         SpanIndex over the training text, one document per training example
+    <adapter id>/groups.json    every row's grouping key (exact and near-duplicates grouped; its SHA-256 is in
+                                index.json)
     receipts/<rcpt_…>.json      a receipt's canonical JSON bytes (their SHA-256 is journaled)
     receipts/<rcpt_…>.request.json   the prompt, the response and its token ids, to recompute the receipt
 
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
 
 ROOT = "attribution"
 BUILD_FILE = "index.json"
+GROUPS_FILE = "groups.json"  # every row's grouping key (near_duplicate_keys), computed once at build time
 BUILD_FORMAT = "royalty.attribution-build/1"
 DEFAULT_DIM = 1024
 METHODS = ("inrun", "final")  # see Attribution.build_index
@@ -225,6 +229,12 @@ class Attribution:
             spans = SpanIndex.build(
                 ((DocMeta(e.contribution_id, e.contributor, e.datanet_id, e.datanet, e.version, e.position),
                   texts[(e.datanet_id, e.version, e.position)]) for e in data.train), tmp / "spans")
+            # Grouping near-duplicates is a MinHash pass over every row (~40 µs each, 40 s at 1M rows): done once
+            # here, not on every load.
+            keys = near_duplicate_keys([texts[(e.datanet_id, e.version, e.position)] for e in data.train],
+                                       [e.contribution_id for e in data.train])
+            groups = canonical_json({"threshold_bp": NEAR_DUPLICATE_BP, "keys": keys})
+            (tmp / GROUPS_FILE).write_bytes(groups)
             record = {
                 "format": BUILD_FORMAT,
                 "adapter": {"id": adapter.id, "ref": adapter.ref, "manifest_sha256": adapter.manifest_sha256},
@@ -235,6 +245,7 @@ class Attribution:
                 "step": step,
                 "grad_checksum": grad.checksum,
                 "spans_checksum": spans.manifest["checksum"],
+                "groups_sha256": hashlib.sha256(groups).hexdigest(),
                 "built_ms": self.node.clock(),
                 **({"replay": replay} if replay is not None else {}),
             }
@@ -377,11 +388,25 @@ class Attribution:
         if spans.documents != len(cids):
             raise VerificationFailed(f"the attribution index of {adapter.ref} has {len(cids)} rows and {spans.documents} "
                                      "span documents; rebuild it (--rebuild)", field=BUILD_FILE)
-        keys = near_duplicate_keys([spans.document_text(d) for d in range(spans.documents)], cids)
+        keys = self._group_keys(adapter, record, spans, cids)
         owners = RowOwners.of(keys, grad.column("contributor"), grad.column("datanet_id"))  # type: ignore[arg-type]
         loaded = _Loaded(adapter, record, model, tokenizer, cfg.data.template, projector, grad, spans, owners)
         self._cache[adapter.id] = loaded
         return loaded
+
+    def _group_keys(self, adapter: Adapter, record: dict[str, Any], spans: SpanIndex, cids: list[str]) -> list[str]:
+        """Every row's grouping key: from the build's groups file (checked against the record's hash), or computed
+        from the span documents for an index built before groups were stored or with another threshold."""
+        if "groups_sha256" in record:
+            path = self.index_dir(adapter) / GROUPS_FILE
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != record["groups_sha256"]:
+                raise VerificationFailed(f"{path} does not match its build record; rebuild the index (--rebuild)",
+                                         field=GROUPS_FILE)
+            groups = json.loads(data)
+            if groups["threshold_bp"] == NEAR_DUPLICATE_BP and len(groups["keys"]) == len(cids):
+                return list(groups["keys"])
+        return near_duplicate_keys([spans.document_text(d) for d in range(spans.documents)], cids)
 
     # ------------------------------------------------------------------------------------------------------------
     # receipts
