@@ -243,6 +243,10 @@ def test_a_bad_config_is_refused_with_every_problem(world: World) -> None:
     assert_error(c["ben"].post("/v1/jobs", json={"kind": "train", "config": here}), 422, "config_invalid",
                  field="output.dir")
     assert_error(c["ben"].post("/v1/jobs", json={"kind": "sleep", "config": good}), 422, "invalid_input", field="kind")
+    assert_error(c["ben"].post("/v1/jobs", json={"kind": "train", "config": good, "resume": True, "attribution_dim": 64}),
+                 422, "invalid_input")
+    assert_error(c["ben"].post("/v1/jobs", json={"kind": "train", "config": good, "attribution_dim": 0}), 422,
+                 "invalid_input", field="attribution_dim")
     assert_error(c["ben"].post("/v1/jobs", json={"kind": "train", "config": "model: {}"}), 422, "invalid_input",
                  field="config")
     assert_error(c["anon"].post("/v1/jobs", json={"kind": "train", "config": good}), 401, "authentication_error")

@@ -343,6 +343,38 @@ def test_index_is_reused_with_the_same_parameters_and_refused_with_others(world:
         service.attribute(ADAPTER, prompt=" ", response="x")
 
 
+def test_train_records_the_index_during_the_run(world: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+    """``royalty train --attribution-index`` builds the index from the run itself: the same rows as a replay of
+    that run gives with the same projection, and no replay needed."""
+    home = str(world["node"].home)
+    config = tmp_path / "captured.yaml"  # JSON is YAML
+    config.write_text(json.dumps({
+        "model": {"base": str(tiny_model_dir)},
+        "data": {"datanets": ["facts@1"], "max_seq_len": 64, "eval_fraction": 0.0},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01, "seed": 3, "threads": 1},
+        "output": {"name": "facts-captured", "license": "CC-BY-4.0"},
+    }))
+    code, out, err = run_cli(capsys, "train", str(config), "--attribution-index", "--index-dim", "128",
+                             "--owner", "ben", "--home", home, "--json")
+    assert code == 0, err
+    index = json.loads(out)["attribution_index"]
+    assert index["replay"] == {"captured": True} and index["rows"] == 12 and index["params"]["method"] == "inrun"
+    assert "seed" not in index["params"]
+    service = world["service"]
+    adapter = world["node"].adapters.get("facts-captured")
+    seed = json.loads((service.index_dir(adapter) / "index.json").read_text())["params"]["seed"]
+    replayed = service.build_index("facts-captured", dim=128, seed=seed, rebuild=True)
+    assert replayed["replay"]["identical"] and replayed["grad_checksum"] == index["grad_checksum"]
+    # a resumed run cannot be captured: refused before anything runs, naming the option
+    code, out, err = run_cli(capsys, "train", str(config), "--attribution-index", "--resume", "--owner", "ben",
+                             "--home", home)
+    assert code == 1 and "cannot follow a resumed run" in err, err
+    with pytest.raises(InvalidInput, match="has not followed a finished training run"):
+        service.index_from_capture("facts-captured", service.capture(dim=128), rebuild=True)
+
+
 def test_cli_attribute_show_verify_and_index(world: dict[str, Any], capsys: pytest.CaptureFixture[str],
                                              tmp_path: Path) -> None:
     home = str(world["node"].home)

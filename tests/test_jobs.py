@@ -317,10 +317,14 @@ def test_a_training_job_trains_and_registers_an_adapter(tmp_path: Path, tiny_mod
                       "lora: {r: 2, alpha: 4}\ntrain: {epochs: 1, batch_size: 4, seed: 1, threads: 1}\n"
                       "output: {name: tiny-helper}\n")
     monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "jobs", "submit", "train", str(config), "--attribution-index", "--resume",
+                             "--as", "ben", "--no-worker", "--home", str(home))
+    assert code == 1 and "cannot follow a resumed run" in err
     code, out, err = run_cli(capsys, "jobs", "submit", "train", str(config), "output.dir=run", "--as", "ben",
-                             "--no-worker", "--home", str(home), "--json")
+                             "--attribution-index", "--index-dim", "16", "--no-worker", "--home", str(home), "--json")
     assert code == 0, err
     submitted = json.loads(out)
+    assert submitted["payload"]["attribution_dim"] == 16
     assert submitted["payload"]["config"]["output"]["dir"] == str(tmp_path / "run")  # absolute for the worker
 
     assert run_worker(home, once=True) == 1
@@ -329,5 +333,9 @@ def test_a_training_job_trains_and_registers_an_adapter(tmp_path: Path, tiny_mod
         assert job.status == "succeeded", job.error
         assert job.result["adapter"]["ref"] == "tiny-helper@1"
         seen = types(node.jobs, job.id)
-        assert seen[:2] == ["queued", "started"] and "step" in seen and seen[-2:] == ["registered", "succeeded"]
+        assert seen[:2] == ["queued", "started"] and "step" in seen
+        assert seen[-3:] == ["registered", "attribution_index", "succeeded"]
+        index = job.result["attribution_index"]  # recorded during the run: no replay
+        assert index["replay"] == {"captured": True} and index["dim"] == 16 and "seed" not in index["params"]
+        assert node.attribution.info("tiny-helper@1")["grad"]["rows"] == index["rows"] > 0
         assert node.adapters.verify("tiny-helper@1")["ok"]

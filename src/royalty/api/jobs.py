@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..accounts import Account
 from ..errors import ConfigInvalid, InvalidInput, NotFound, PermissionDenied
@@ -73,6 +73,16 @@ class SubmitJob(BaseModel):
     kind: Literal["train"] = Field(description="The job kind; over HTTP: train")
     config: dict[str, Any] = Field(description="The training config as JSON: the sections of a TrainConfig YAML file")
     resume: bool = Field(default=False, description="Continue this config's interrupted (or canceled) run")
+    attribution_dim: int | None = Field(
+        default=None, ge=1, description="Also record the adapter's attribution index during the run, rows of this "
+        "size (not with resume: an index is recorded from the first step)")
+
+    @model_validator(mode="after")
+    def _not_resumed(self) -> SubmitJob:
+        if self.resume and self.attribution_dim is not None:
+            raise ValueError("attribution_dim cannot be used with resume: an attribution index is recorded from a "
+                             "run's first step; resume without it, then build the index by replay")
+        return self
 
 
 # --- submit --------------------------------------------------------------------------------------------------------
@@ -93,8 +103,9 @@ def submit_job(
     except ConfigInvalid as exc:
         return _config_invalid(exc)
     node.factory.check_registration_fee(caller.id)  # 402 now, not a failed job later
-    canonical = {"kind": body.kind, "config": config, "resume": body.resume}
-    payload: dict[str, Any] = {"config": config, "resume": body.resume}
+    canonical = {"kind": body.kind, "config": config, "resume": body.resume,
+                 **({} if body.attribution_dim is None else {"attribution_dim": body.attribution_dim})}
+    payload: dict[str, Any] = {"config": config, "resume": body.resume, "attribution_dim": body.attribution_dim}
     if idempotency_key_header is None:
         job = node.jobs.submit(body.kind, payload, actor=caller.id)
     else:

@@ -43,7 +43,7 @@ from .projection import Projector
 if TYPE_CHECKING:
     import torch
 
-    from ..factory.data import Example
+    from ..factory.data import DataSplit, Example
     from ..factory.train import RunResult
 
 
@@ -158,3 +158,24 @@ class InRunInfluence(TrainCallback):
 
     def on_train_end(self, ctx: TrainContext, result: RunResult) -> None:
         self.close()
+
+
+class IndexCapture(InRunInfluence):
+    """``InRunInfluence`` for an attribution index recorded while the adapter trains (``Attribution.capture``): it
+    makes its projector (``dim``, ``seed``, ``kind``) from the model it attaches to and keeps the run's data split,
+    whose examples and texts the index needs."""
+
+    def __init__(self, dim: int, seed: int, kind: str) -> None:
+        super().__init__(None)
+        self.dim, self.seed, self.kind = dim, seed, kind
+        self.data: DataSplit | None = None
+
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        if ctx.step != 0:
+            raise InvalidInput("an attribution index can only be captured from a run's first step; this run resumes "
+                               f"at step {ctx.step}: build the index by replay instead (royalty attribution index "
+                               "build ADAPTER)", field="resume")
+        with LoraGradientCapture(ctx.model) as capture:
+            self.projector = Projector(capture.layout, self.dim, self.seed, self.kind)
+        self.data = ctx.data
+        super().on_train_begin(ctx)

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from ..factory.config import TrainConfig
     from ..factory.data import DataSplit, Example
     from ..node import Node
+    from .inrun import IndexCapture, InRunInfluence
     from .projection import Projector
 
 ROOT = "attribution"
@@ -149,15 +150,14 @@ class Attribution:
         """
         _check_positive_int(dim, "dim")
         _check_positive_int(batch_size, "batch_size")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-            raise InvalidInput(f"seed must be an integer in [0, 2^63) (got {seed!r})", field="seed")
+        _check_seed(seed)
         if not (isinstance(damping, (int, float)) and not isinstance(damping, bool) and math.isfinite(damping)
                 and damping > 0):
             raise InvalidInput(f"damping must be a positive number (got {damping!r})", field="damping")
         adapter = self.node.adapters.get(adapter_ref)
         if method not in METHODS:
             raise InvalidInput(f"method must be one of {', '.join(METHODS)} (got {method!r})", field="method")
-        wanted: dict[str, Any] = {"method": method, "dim": dim, "kind": PROJECTION_KIND, "threads": THREADS}
+        wanted = _params(method, dim)
         if method == "final":  # what only a post-hoc pass uses (a replay batches as the training did)
             wanted.update(batch_size=batch_size, damping=repr(float(damping)))
         existing = self._build_record(adapter)
@@ -174,6 +174,37 @@ class Attribution:
         record = self._build(adapter, {**wanted, "seed": secrets.randbelow(2**63) if seed is None else seed},
                              replace=existing is not None)
         return {**record, "reused": False}
+
+    def capture(self, *, dim: int = DEFAULT_DIM, seed: int | None = None) -> IndexCapture:
+        """A training callback that records the in-run rows of the run it follows (what ``build_index`` with
+        method "inrun" gets by replaying the run), for ``index_from_capture`` once the adapter is registered: the
+        index of a run that cannot be replayed exactly (a GPU run, another platform) or should not be trained twice.
+        ``seed`` None: a random secret, as for ``build_index``. Training is unchanged by it (byte-identical adapter;
+        benchmarks/attribution/capture.py measures the time it adds)."""
+        from .inrun import IndexCapture
+
+        _check_positive_int(dim, "dim")
+        _check_seed(seed)
+        return IndexCapture(dim, secrets.randbelow(2**63) if seed is None else seed, PROJECTION_KIND)
+
+    def index_from_capture(self, adapter_ref: str, capture: IndexCapture, *, rebuild: bool = False) -> dict[str, Any]:
+        """Build the attribution index of ``adapter_ref`` from the rows ``capture`` recorded while it was trained,
+        and return the build record (``replay``: ``{"captured": true}``). Refused (InvalidInput) unless the capture
+        followed that adapter's whole run: the same training examples (the manifest's hash) and every step; Conflict
+        when an index exists, unless ``rebuild``."""
+        adapter = self.node.adapters.get(adapter_ref)
+        if capture.data is None or capture._capture is not None:
+            raise InvalidInput("the capture has not followed a finished training run", field="capture")
+        steps = int(adapter.manifest.get("metrics", {}).get("steps", -1))
+        if capture.steps != steps:
+            raise InvalidInput(f"the capture saw {capture.steps} steps and adapter {adapter.ref} was trained for "
+                               f"{steps}: it followed another run", field="capture")
+        existing = self._build_record(adapter)
+        if existing is not None and not rebuild:
+            raise Conflict(f"adapter {adapter.ref} already has an attribution index; rebuild it (rebuild=True, "
+                           "--rebuild) to replace it", field="adapter")
+        params = {**_params("inrun", capture.dim), "seed": capture.seed}
+        return {**self._build(adapter, params, replace=existing is not None, capture=capture), "reused": False}
 
     def info(self, adapter_ref: str) -> dict[str, Any]:
         """The build record of ``adapter_ref``'s index with both indexes' current state (rows, checksums, sizes);
@@ -211,12 +242,14 @@ class Attribution:
                                      field=BUILD_FILE)
         return record
 
-    def _build(self, adapter: Adapter, params: dict[str, Any], *, replace: bool) -> dict[str, Any]:
+    def _build(self, adapter: Adapter, params: dict[str, Any], *, replace: bool,
+               capture: IndexCapture | None = None) -> dict[str, Any]:
         from ..factory.basemodel import load_tokenizer
         from ..factory.data import build_data
 
         cfg = _config(adapter)
-        data = build_data(self.node, cfg, load_tokenizer(cfg.model.base))
+        data = build_data(self.node, cfg, load_tokenizer(cfg.model.base)) if capture is None else capture.data
+        assert data is not None
         _check_examples(adapter, data)
         texts = self._texts(data)
         step = int(adapter.manifest.get("metrics", {}).get("steps", 0))
@@ -224,8 +257,13 @@ class Attribution:
         tmp = self.root / f".build-{adapter.id}-{secrets.token_hex(4)}"
         final = self.index_dir(adapter)
         try:
-            build = self._inrun_rows if params["method"] == "inrun" else self._final_rows
-            projector, grad, replay = build(adapter, cfg, data, params, tmp, step)
+            if capture is not None:
+                assert capture.projector is not None
+                projector, replay = capture.projector, {"captured": True}
+                grad = _inrun_index(tmp, projector, adapter, step, capture)
+            else:
+                build = self._inrun_rows if params["method"] == "inrun" else self._final_rows
+                projector, grad, replay = build(adapter, cfg, data, params, tmp, step)
             spans = SpanIndex.build(
                 ((DocMeta(e.contribution_id, e.contributor, e.datanet_id, e.datanet, e.version, e.position),
                   texts[(e.datanet_id, e.version, e.position)]) for e in data.train), tmp / "spans")
@@ -306,15 +344,7 @@ class Attribution:
         result = fit(run)
         replay = _compare_weights(result.adapter_dir, adapter.path)
         shutil.rmtree(tmp / "replay", ignore_errors=True)
-        grad = _create_index(tmp, projector, adapter, step)
-        with _torch_threads(THREADS):
-            for at in range(0, len(inrun.examples), 4096):
-                chunk, examples = inrun.rows[at : at + 4096], inrun.examples[at : at + 4096]
-                grad.append(chunk.astype(np.float32), [
-                    RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
-                            float(np.linalg.norm(r))) for e, r in zip(examples, chunk)])
-            grad.flush()
-        return projector, grad, replay
+        return projector, _inrun_index(tmp, projector, adapter, step, inrun), replay
 
     def _publish(self, tmp: Path, final: Path, replace: bool, record: dict[str, Any]) -> int:
         """Rename the built index into place and journal it; on any failure the previous index is back."""
@@ -685,6 +715,24 @@ def _influence_scores(loaded: _Loaded, query: np.ndarray) -> np.ndarray:
     return loaded.grad.score(query, precondition=not _is_inrun(loaded), normalize=True)
 
 
+def _params(method: str, dim: int) -> dict[str, Any]:
+    """The build parameters recorded for an index of ``method`` (without the seed)."""
+    return {"method": method, "dim": dim, "kind": PROJECTION_KIND, "threads": THREADS}
+
+
+def _inrun_index(tmp: Path, projector: Projector, adapter: Adapter, step: int, inrun: InRunInfluence) -> AttributionIndex:
+    """The grad index of an in-run accumulator's rows (a replay's or a capture's)."""
+    grad = _create_index(tmp, projector, adapter, step)
+    with _torch_threads(THREADS):
+        for at in range(0, len(inrun.examples), 4096):
+            chunk, examples = inrun.rows[at : at + 4096], inrun.examples[at : at + 4096]
+            grad.append(chunk.astype(np.float32), [
+                RowMeta(e.contribution_id, e.contributor, e.datanet_id, e.version, e.position, e.index, step,
+                        float(np.linalg.norm(r))) for e, r in zip(examples, chunk)])
+        grad.flush()
+    return grad
+
+
 def _create_index(tmp: Path, projector: Projector, adapter: Adapter, step: int) -> AttributionIndex:
     return AttributionIndex.create(tmp / "grad", dim=projector.dim, step=step, projection=projector.describe(),
                                    info={"adapter_id": adapter.id, "manifest_sha256": adapter.manifest_sha256})
@@ -792,6 +840,11 @@ def _lookup(data: Any, path: str) -> Any:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise InvalidInput(f"seed must be an integer in [0, 2^63) (got {seed!r})", field="seed")
 
 
 def _check_positive_int(value: Any, name: str) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import InvalidInput
 from ..factory.jobs import POLL_S, STATUSES, Job, JobEvent, ensure_worker, run_worker
 from ..node import OPERATOR, Node
 from ..settings import load_settings
@@ -41,6 +42,9 @@ def submit_train(
     continue_from: Annotated[str | None, typer.Option(
         "--continue-from", metavar="ADAPTER", help="Start from this adapter's weights (name or name@N), as a new run.",
         show_default=False)] = None,
+    attribution_index: Annotated[bool, typer.Option(
+        "--attribution-index", help="Record the adapter's attribution index while it trains (see royalty train).")] = False,
+    index_dim: Annotated[int, typer.Option("--index-dim", min=1, help="Row size of that index (projected).")] = 1024,
     as_: AsOption = OPERATOR,
     no_worker: NoWorkerOption = False,
     home: HomeOption = None,
@@ -55,7 +59,12 @@ def submit_train(
     from ..factory.config import load_config
 
     cfg = load_config(config, overrides or [])
-    payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume, "parent": continue_from}
+    if attribution_index and resume:
+        raise InvalidInput("--attribution-index records the index from a run's first step and cannot follow a "
+                           "resumed run: resume without it, then build the index by replay (royalty attribution "
+                           "index build ADAPTER)", field="attribution_index")
+    payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume, "parent": continue_from,
+               "attribution_dim": index_dim if attribution_index else None}
     with node_at(home) as node:
         # Refused now rather than in the worker: an unknown parent adapter, an owner who cannot pay the fee.
         if continue_from is not None:

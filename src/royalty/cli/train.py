@@ -3,8 +3,9 @@
 Every problem in the config (and every bad row in the data) is reported at once before any work starts.
 ``--preview`` shows examples token by token with the trained tokens marked, and trains nothing. Ctrl-C saves
 a checkpoint; ``--resume`` continues it. ``--continue-from ADAPTER`` starts a new run from an adapter's weights
-(more epochs, new data) whose lineage points at it. The same run as a background job: ``royalty jobs submit
-train CONFIG.yaml``.
+(more epochs, new data) whose lineage points at it. ``--attribution-index`` records the adapter's attribution
+index during the run (what ``royalty attribution index build`` otherwise gets by replaying it). The same run as a
+background job: ``royalty jobs submit train CONFIG.yaml``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def register(app: typer.Typer) -> None:
         owner: Annotated[str | None, typer.Option(
             "--owner", help="The account that owns the adapter and pays its registration fee. Default: the operator.",
             show_default=False)] = None,
+        attribution_index: Annotated[bool, typer.Option(
+            "--attribution-index", help="Record the adapter's attribution index while it trains (no replay later; "
+            "for runs that cannot be replayed exactly, e.g. on a GPU).")] = False,
+        index_dim: Annotated[int, typer.Option("--index-dim", min=1, help="Row size of that index (projected).")] = 1024,
         explain: Annotated[bool, typer.Option("--explain", help="List every config field with its type, default and meaning.")] = False,
         example: Annotated[bool, typer.Option("--example", help="Print a commented example config.")] = False,
         home: HomeOption = None,
@@ -61,7 +66,8 @@ def register(app: typer.Typer) -> None:
                 emit(as_json, {"preview": text}, text)
                 return
             result = node.factory.train(
-                cfg, actor=owner or node.operator(), resume=resume, parent=continue_from, progress=not as_json)
+                cfg, actor=owner or node.operator(), resume=resume, parent=continue_from, progress=not as_json,
+                attribution_dim=index_dim if attribution_index else None)
             again = [str(config), *(overrides or [])]
             again += ["--owner", owner] if owner else []
             again += ["--continue-from", continue_from] if continue_from else []
@@ -90,3 +96,6 @@ def _summary(result: Any, args: list[str]) -> None:
     a = result.adapter
     typer.echo(f"adapter {a.name}@{a.version} ({a.id}) registered; files in {a.path}")
     typer.echo(f"run directory: {run.out_dir}")
+    if (index := result.attribution_index) is not None:
+        typer.echo(f"attribution index recorded during training: {index['rows']} rows of {index['dim']} "
+                   f"(royalty attribute {a.name}@{a.version} ...)")

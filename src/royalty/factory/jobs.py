@@ -384,13 +384,19 @@ Handler = Callable[["Node", Job, JobContext], dict[str, Any]]
 
 
 def _train(node: Node, job: Job, ctx: JobContext) -> dict[str, Any]:
-    """payload: {"config": resolved TrainConfig as JSON, "resume": bool, "parent": adapter ref or None}. Trains and
-    registers the adapter as the job's actor (``node.factory.train``)."""
+    """payload: {"config": resolved TrainConfig as JSON, "resume": bool, "parent": adapter ref or None,
+    "attribution_dim"?: int or None}. Trains and registers the adapter as the job's actor (``node.factory.train``;
+    with ``attribution_dim``, recording its attribution index during the run)."""
     from .config import load_config
 
     cfg = load_config(job.payload["config"])
+    dim = job.payload.get("attribution_dim")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+        raise InvalidInput(f"train: attribution_dim must be a positive integer or null, got {dim!r}",
+                           field="attribution_dim")
     result = node.factory.train(cfg, actor=job.actor, resume=bool(job.payload.get("resume", False)),
-                                parent=job.payload.get("parent"), events=ctx.emit, should_stop=ctx.should_stop)
+                                parent=job.payload.get("parent"), events=ctx.emit, should_stop=ctx.should_stop,
+                                attribution_dim=dim)
     return result.to_dict()
 
 

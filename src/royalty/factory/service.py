@@ -39,6 +39,7 @@ class TrainResult:
     adapter: Adapter | None
     model: Any = None
     tokenizer: Any = None
+    attribution_index: dict[str, Any] | None = None  # the build record of an index recorded during the run
 
     @property
     def interrupted(self) -> bool:
@@ -54,6 +55,9 @@ class TrainResult:
             "train_loss": self.run.train_loss,
             "evaluation": self.evaluation,
             "adapter": None if self.adapter is None else self.adapter.to_dict(),
+            **({} if self.attribution_index is None else {"attribution_index": {
+                **self.attribution_index,  # without the projection seed: the index's secret
+                "params": {k: v for k, v in self.attribution_index["params"].items() if k != "seed"}}}),
         }
 
 
@@ -92,12 +96,15 @@ class Factory:
         should_stop: Callable[[], bool] | None = None,
         progress: bool = False,
         callbacks: Sequence[TrainCallback] = (),
+        attribution_dim: int | None = None,
     ) -> TrainResult:
         """Train an adapter for ``actor`` (who owns it and pays its registration fee) and register it.
 
         ``parent`` (an adapter ref, ``name`` or ``name@N``) starts from that adapter's weights as a new run whose
         lineage points at it ("continue for more epochs"); ``resume`` continues this config's interrupted run.
         The owner's balance is checked before any training, so a run is not wasted on a fee they cannot pay.
+        ``attribution_dim``: also record the adapter's attribution index during the run, rows of that size
+        (``Attribution.capture``; the result's ``attribution_index``); refused with ``resume``.
         """
         from .adapters import write_artifact
         from .evaluate import evaluate
@@ -107,6 +114,14 @@ class Factory:
         owner = node.accounts.get(actor)
         self.check_registration_fee(owner.id)
         parent_adapter = node.adapters.get(parent) if parent is not None else None
+        capture = None
+        if attribution_dim is not None:
+            if resume:
+                raise InvalidInput("an attribution index is recorded from a run's first step and cannot follow a "
+                                   "resumed run: resume without it, then build the index by replay (royalty "
+                                   "attribution index build ADAPTER)", field="attribution_index")
+            capture = node.attribution.capture(dim=attribution_dim)
+            callbacks = [*callbacks, capture]
         run = setup(
             node, cfg, out_dir=self.out_dir(cfg, parent_adapter), resume=resume,
             init_adapter=None if parent_adapter is None else parent_adapter.path,
@@ -129,7 +144,12 @@ class Factory:
         adapter = node.adapters.register(result.adapter_dir, owner=owner.id, actor=owner.id)
         if events is not None:
             events("registered", {"adapter": adapter.name, "version": adapter.version, "id": adapter.id})
-        return TrainResult(result, evaluation, adapter, run.model, run.tokenizer)
+        index = None
+        if capture is not None:
+            index = node.attribution.index_from_capture(adapter.ref, capture)
+            if events is not None:
+                events("attribution_index", {"rows": index["rows"], "dim": index["dim"]})
+        return TrainResult(result, evaluation, adapter, run.model, run.tokenizer, index)
 
     def check_registration_fee(self, owner_id: str) -> None:
         """Raise InsufficientFunds unless ``owner_id`` can pay the adapter registration fee now. Called before
