@@ -134,3 +134,22 @@ def test_reduced_b1_runs_and_beats_chance(tmp_path):
     cache = next(tmp_path.glob("retrains-*.npz"))
     with pytest.raises(SystemExit, match="other parameters"):
         b1.RetrainCache(cache, {"something": "else"})
+
+
+def test_fisher_cosine_equals_the_explicit_metric():
+    """B1's kernel-form preconditioned cosine against H⁻¹ built in parameter space, on random rows of mixed
+    norms (fewer rows than parameters, as in B1)."""
+    import numpy as np
+
+    b1 = load_benchmark("attribution/b1.py")
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(30, 50)) * rng.uniform(0.1, 3.0, size=(30, 1))
+    queries = rng.normal(size=(4, 50))
+    for c in (0.01, 1.0):
+        kernel_eigenvalues = np.linalg.eigvalsh(rows @ rows.T)
+        rank = int((kernel_eigenvalues > kernel_eigenvalues.max() * 1e-10).sum())
+        fisher = rows.T @ rows / len(rows)
+        h_inv = np.linalg.inv(fisher + c * np.trace(fisher) / rank * np.eye(50))
+        norm = lambda x: np.sqrt(np.einsum("ij,jk,ik->i", x, h_inv, x))  # noqa: E731
+        expected = queries @ h_inv @ rows.T / norm(queries)[:, None] / norm(rows)[None, :]
+        np.testing.assert_allclose(b1.fisher_cosine(rows, queries, c), expected, rtol=1e-9, atol=1e-12)

@@ -401,6 +401,24 @@ def fisher_influence(g: np.ndarray, q: np.ndarray, c: float) -> np.ndarray:
     return (cross - np.linalg.solve(n * lam * np.eye(n) + kernel, kernel @ cross.T).T) / lam
 
 
+def fisher_cosine(rows: np.ndarray, q: np.ndarray, c: float) -> np.ndarray:
+    """[Q, n] cosine of q and each row in the metric of H⁻¹, H = F + λI with F = RᵀR/n over the rows themselves
+    and λ = c × the mean non-zero eigenvalue of F: qᵀH⁻¹r_i / (‖q‖_H⁻¹ ‖r_i‖_H⁻¹), in kernel form (see
+    ``fisher_influence``). What an index's preconditioned, normalised score is (``AttributionIndex.score``), without
+    the projection: directions many rows share (a task's template) count less than ones few rows have (a fact)."""
+    n = len(rows)
+    kernel = rows @ rows.T  # [n, n]
+    eigenvalues = np.linalg.eigvalsh(kernel)
+    rank = int((eigenvalues > eigenvalues.max() * 1e-10).sum())
+    lam = c * np.trace(kernel) / n / rank
+    inverse = np.linalg.inv(n * lam * np.eye(n) + kernel)  # M⁻¹, symmetric
+    cross = q @ rows.T  # [Q, n]
+    numerator = (cross - cross @ inverse @ kernel) / lam
+    row_sq = (np.diag(kernel) - np.einsum("ij,ji->i", kernel, inverse @ kernel)) / lam
+    q_sq = ((q * q).sum(axis=1) - np.einsum("ij,ij->i", cross @ inverse, cross)) / lam
+    return numerator / np.sqrt(np.clip(q_sq, 1e-300, None))[:, None] / np.sqrt(np.clip(row_sq, 1e-300, None))[None, :]
+
+
 @dataclass
 class Scores:
     """Every method's scores [Q, n] (positive = lowers the query's loss) and self-influence [n] per variant."""
@@ -476,6 +494,7 @@ def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Ex
     s["In-run Adam, Cos"] = _unit(q) @ _unit(inrun_rows).T
     for c in dampings:
         s[f"EF-IF, c = {c:g}"] = fisher_influence(g, q, c)
+        s[f"In-run Adam, Fisher-Cos, c = {c:g}"] = fisher_cosine(inrun_rows, q, c)
     sizes = [w.numel() for w in trainer.lora]  # layout order: one block per LoRA weight matrix
     edges = np.cumsum([0, *sizes])
     s["DataInf"] = datainf(g, q, list(zip(edges[:-1], edges[1:], strict=True)))
