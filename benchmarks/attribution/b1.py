@@ -716,7 +716,7 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
     # how reproducible that ground truth is: Spearman of the estimates from the even and the odd subsets
     utility_a = np.array(utility)
     banzhaf_halves = float(spearman(banzhaf(cmasks[::2], utility_a[::2]), banzhaf(cmasks[1::2], utility_a[1::2])))
-    pay = {name: payout(scores.methods[name], owners, groups) for name in (HEADLINE, BASELINE)}
+    pay = {name: payout(v, owners, groups) for name, v in scores.methods.items()}  # every method: same policy
     payout_spearman = {name: float(spearman(np.array([p[c] for c in players]), phi)) for name, p in pay.items()}
 
     # gaming: 5× duplication of one honest contributor, a 3-way account split, adversaries' shares
@@ -771,7 +771,8 @@ def table(result: Result, cfg: B1Config) -> tuple[list[tuple[str, str, str, str,
         (f"LDS, {HEADLINE}", f"{v[HEADLINE]:.3f}", f"{base:.3f} ({BASELINE})", f"{diff:+.3f} ± {se:.3f}",
          ">= 0.30 and >= +0.10", v[HEADLINE] >= 0.30 and diff >= 0.10),
         *[(f"LDS, {name}", f"{value:.3f}",
-           f"top-1: fact {result.fact_top1[name]:.2f}, task {result.task_top1[name]:.2f}",
+           f"top-1: fact {result.fact_top1[name]:.2f}, task {result.task_top1[name]:.2f}; payout ρ "
+           f"{result.payout_spearman[name]:.2f}",
            f"{result.paired[name][0]:+.3f} ± {result.paired[name][1]:.3f}" if name != BASELINE else "",
            "reported", True) for name, value in v.items() if name != HEADLINE],
         (f"LDS, {HEADLINE} minus {TRACIN} (paired)", f"{result.versus_tracin[0]:+.3f} ± {result.versus_tracin[1]:.3f}",
