@@ -30,6 +30,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/attribution/b0.py
 	-$(PY) benchmarks/attribution/spans.py
 	-$(PY) benchmarks/attribution/b1.py
+	-$(PY) benchmarks/attribution/b1.py --all-linear
 	-$(PY) benchmarks/attribution/query.py
 	-$(PY) benchmarks/attribution/capture.py
 

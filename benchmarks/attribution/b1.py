@@ -1,15 +1,16 @@
 """Attribution benchmark B1: LoRA fine-tuning of a tiny pretrained LM on data with known provenance (issue 6;
 reference §2, §6, §7, §9).
 
-Run:  .venv/bin/python benchmarks/attribution/b1.py            (~1,000 examples, 20 contributors, 48 subsets)
-      .venv/bin/python benchmarks/attribution/b1.py --quick    (a tiny version in minutes; writes nothing)
+Run:  .venv/bin/python benchmarks/attribution/b1.py                (~1,000 examples, 20 contributors, 64 subsets)
+      .venv/bin/python benchmarks/attribution/b1.py --all-linear   (the same with LoRA on every linear layer)
+      .venv/bin/python benchmarks/attribution/b1.py --quick        (a tiny version in minutes; writes nothing)
 
 Data: ``royalty.attribution.synthetic.generate`` (10 transformation tasks, 50 planted facts with one owner each,
 5% label noise, a duplicator and an outlier contributor, 100 test queries with unseen phrasings). Base: a
 Llama-style model from ``init_tiny`` pretrained for a fixed number of steps on generic sentences over the same
-vocabulary (cached under benchmarks/.work/b1). Fine-tuning: LoRA on every linear layer (attention and MLP: with
-q_proj and v_proj only the facts were barely learned, see ``targets``), AdamW with a linear
-decay, batches of the factory's ``Batch.collate`` and the model's mean token loss (the factory's loss), one
+vocabulary (cached under benchmarks/.work/b1). Fine-tuning: LoRA on q_proj and v_proj (the factory's default;
+``--all-linear``: on every linear layer, attention and MLP, where the planted facts are actually learned), AdamW
+with a linear decay, batches of the factory's ``Batch.collate`` and the model's mean token loss (the factory's loss), one
 torch thread. The order is fixed per seed: every epoch is a seeded permutation of all n examples, filtered to
 the subset being trained, so a subset sees its examples in the same relative order as the full run; the LoRA
 initialisation depends only on the seed. The base model is loaded once; each retrain restores the seed's
@@ -26,7 +27,7 @@ parameter a retrain depends on (a rerun only scores; a cache made with other arg
   without a random 5% (1%); the loss increase over the full model, top versus random.
 
 Methods (every score [Q, n], positive = the example lowers the query's loss), all from exact per-example LoRA
-gradients of the summed response NLL (``capture.example_gradients``; no projection: ~39,000 LoRA parameters):
+gradients of the summed response NLL (``capture.example_gradients``; no projection: 8,192 LoRA parameters, ~39,000 with ``--all-linear``):
 Grad-Dot and Grad-Cos at the final weights; TracIn-CP Σ_c η̄_c g_i(θ_c)·q(θ_c) over C checkpoints (η̄_c the mean
 learning rate of the segment ending at c); Adam-preconditioned variants dividing by sqrt(v̂)+ε of the optimizer
 state at the same point (one side: the Adam update direction; both sides and unit-normalised: TrackStar-style)
@@ -111,10 +112,9 @@ class B1Config:
     pretrain_texts: int = 4000
     rank: int = 8
     alpha: int = 16
-    # Facts live in the MLPs: removing half the facts' records raised their own queries' loss only 1.3-1.6x as
-    # much as the other facts' with LoRA on q_proj and v_proj, 4.9x on every linear layer (2.5x adding up and down
-    # only), so only the latter makes "the fact's owner" a ground truth the model agrees with
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # The factory's default. Facts live in the MLPs: with LoRA on q_proj and v_proj the planted facts are learned
+    # only weakly, so B1 also runs with LoRA on every linear layer (ALL_LINEAR, --all-linear), where they are
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
     # Seed-to-seed noise ceiling (LDS of seed 1 against seed 0): lr 5e-3 × 5 epochs 0.10 (LDS unmeasurable);
     # 2e-3 × 3 epochs 0.32 in the full run (0.43 on 12 subsets); 1e-3 × 3 epochs 0.56 on 12 subsets
     learning_rate: float = 1e-3
@@ -136,6 +136,7 @@ class B1Config:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+ALL_LINEAR = B1Config(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 QUICK = B1Config(
     data=SyntheticSpec(honest_contributors=6, tasks=4, task_records=80, facts=12, duplicator=8, outlier=4,
                        queries=20),
@@ -494,6 +495,7 @@ def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Ex
     s["In-run Adam, Cos"] = _unit(q) @ _unit(inrun_rows).T
     for c in dampings:
         s[f"EF-IF, c = {c:g}"] = fisher_influence(g, q, c)
+        s[f"Fisher-Cos, c = {c:g}"] = fisher_cosine(g, q, c)  # the index's method "final"
         s[f"In-run Adam, Fisher-Cos, c = {c:g}"] = fisher_cosine(inrun_rows, q, c)
     sizes = [w.numel() for w in trainer.lora]  # layout order: one block per LoRA weight matrix
     edges = np.cumsum([0, *sizes])
@@ -839,13 +841,17 @@ def table(result: Result, cfg: B1Config) -> tuple[list[tuple[str, str, str, str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny version (minutes); writes nothing")
+    parser.add_argument("--all-linear", action="store_true",
+                        help="LoRA on every linear layer (attention and MLP) instead of q_proj and v_proj")
     parser.add_argument("--no-write", action="store_true", help="print results only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
-    cfg = QUICK if args.quick else B1Config()
+    cfg = QUICK if args.quick else ALL_LINEAR if args.all_linear else B1Config()
     result = run(cfg, WORK, log=lambda line: print(line, file=sys.stderr, flush=True))
     rows, notes = table(result, cfg)
-    return publish("attribution_b1", "Attribution B1: LoRA fine-tuning with known provenance",
-                   "python benchmarks/attribution/b1.py" + (" --quick" if args.quick else ""), rows, notes,
+    section, title = ("attribution_b1_all_linear", "Attribution B1, LoRA on every linear layer") if args.all_linear \
+        else ("attribution_b1", "Attribution B1: LoRA fine-tuning with known provenance")
+    return publish(section, title, "python benchmarks/attribution/b1.py" + (" --quick" if args.quick else "")
+                   + (" --all-linear" if args.all_linear else ""), rows, notes,
                    write=not (args.no_write or args.quick),
                    setup="Setup: see the docstring of benchmarks/attribution/b1.py.")
 
