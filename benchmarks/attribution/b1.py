@@ -10,8 +10,8 @@ Data: ``royalty.attribution.synthetic.generate`` (10 transformation tasks, 50 pl
 Llama-style model from ``init_tiny`` pretrained for a fixed number of steps on generic sentences over the same
 vocabulary (cached under benchmarks/.work/b1). Fine-tuning: LoRA on q_proj and v_proj (the factory's default;
 ``--all-linear``: on every linear layer, attention and MLP, where the planted facts are actually learned), AdamW
-with a linear decay, batches of the factory's ``Batch.collate`` and the model's mean token loss (the factory's loss), one
-torch thread. The order is fixed per seed: every epoch is a seeded permutation of all n examples, filtered to
+with a linear decay, batches of the factory's ``Batch.collate`` and the model's mean token loss (the factory's
+loss), one torch thread. The order is fixed per seed: every epoch is a seeded permutation of all n examples, filtered to
 the subset being trained, so a subset sees its examples in the same relative order as the full run; the LoRA
 initialisation depends only on the seed. The base model is loaded once; each retrain restores the seed's
 initial LoRA weights.

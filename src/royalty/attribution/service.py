@@ -75,7 +75,8 @@ GROUPS_FILE = "groups.json"  # every row's grouping key (near_duplicate_keys), c
 BUILD_FORMAT = "royalty.attribution-build/1"
 DEFAULT_DIM = 1024
 METHODS = ("inrun", "final")  # see Attribution.build_index
-DEFAULT_METHOD = "inrun"  # B1 LDS: 0.413, against 0.351 for the final-weights cosine (docs/BENCHMARKS.md)
+# B1 with q,v LoRA: the best LDS (0.381); "final" leads on fact top-1 and payout (docs/ATTRIBUTION.md, Measured)
+DEFAULT_METHOD = "inrun"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_TOP = 10
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -720,7 +721,8 @@ def _params(method: str, dim: int) -> dict[str, Any]:
     return {"method": method, "dim": dim, "kind": PROJECTION_KIND, "threads": THREADS}
 
 
-def _inrun_index(tmp: Path, projector: Projector, adapter: Adapter, step: int, inrun: InRunInfluence) -> AttributionIndex:
+def _inrun_index(tmp: Path, projector: Projector, adapter: Adapter, step: int,
+                 inrun: InRunInfluence) -> AttributionIndex:
     """The grad index of an in-run accumulator's rows (a replay's or a capture's)."""
     grad = _create_index(tmp, projector, adapter, step)
     with _torch_threads(THREADS):
