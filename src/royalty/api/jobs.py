@@ -38,12 +38,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..accounts import Account
 from ..errors import ConfigInvalid, InvalidInput, NotFound, PermissionDenied
 from ..factory.config import load_config
 from ..factory.jobs import STATUSES, Job, JobEvent, ensure_worker
+from ..factory.service import check_attribution_capture
 from ..node import Node
 from .auth import CallerDep, NodeDep
 from .ledger import (
@@ -77,13 +78,6 @@ class SubmitJob(BaseModel):
         default=None, ge=1, description="Also record the adapter's attribution index during the run, rows of this "
         "size (not with resume: an index is recorded from the first step)")
 
-    @model_validator(mode="after")
-    def _not_resumed(self) -> SubmitJob:
-        if self.resume and self.attribution_dim is not None:
-            raise ValueError("attribution_dim cannot be used with resume: an attribution index is recorded from a "
-                             "run's first step; resume without it, then build the index by replay")
-        return self
-
 
 # --- submit --------------------------------------------------------------------------------------------------------
 
@@ -102,6 +96,7 @@ def submit_job(
         config = _train_config(body.config)
     except ConfigInvalid as exc:
         return _config_invalid(exc)
+    check_attribution_capture(body.attribution_dim, body.resume)
     node.factory.check_registration_fee(caller.id)  # 402 now, not a failed job later
     canonical = {"kind": body.kind, "config": config, "resume": body.resume,
                  **({} if body.attribution_dim is None else {"attribution_dim": body.attribution_dim})}

@@ -118,6 +118,11 @@ class InRunInfluence(TrainCallback):
         self._pending = []
         self.steps += 1
 
+    @property
+    def attached(self) -> bool:
+        """Whether it still follows a run (``start`` called, ``close`` not yet)."""
+        return self._capture is not None
+
     def close(self) -> None:
         """Remove the hooks (idempotent)."""
         if self._capture is not None:

@@ -194,7 +194,7 @@ class Attribution:
         followed that adapter's whole run: the same training examples (the manifest's hash) and every step; Conflict
         when an index exists, unless ``rebuild``."""
         adapter = self.node.adapters.get(adapter_ref)
-        if capture.data is None or capture._capture is not None:
+        if capture.data is None or capture.attached:
             raise InvalidInput("the capture has not followed a finished training run", field="capture")
         steps = int(adapter.manifest.get("metrics", {}).get("steps", -1))
         if capture.steps != steps:

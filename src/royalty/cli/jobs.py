@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import InvalidInput
 from ..factory.jobs import POLL_S, STATUSES, Job, JobEvent, ensure_worker, run_worker
 from ..node import OPERATOR, Node
 from ..settings import load_settings
@@ -57,14 +56,13 @@ def submit_train(
     """
     # The config's pydantic models: only this command needs them.
     from ..factory.config import load_config
+    from ..factory.service import check_attribution_capture
 
     cfg = load_config(config, overrides or [])
-    if attribution_index and resume:
-        raise InvalidInput("--attribution-index records the index from a run's first step and cannot follow a "
-                           "resumed run: resume without it, then build the index by replay (royalty attribution "
-                           "index build ADAPTER)", field="attribution_index")
+    dim = index_dim if attribution_index else None
+    check_attribution_capture(dim, resume)
     payload = {"config": _absolute_paths(cfg.model_dump(mode="json")), "resume": resume, "parent": continue_from,
-               "attribution_dim": index_dim if attribution_index else None}
+               "attribution_dim": dim}
     with node_at(home) as node:
         # Refused now rather than in the worker: an unknown parent adapter, an owner who cannot pay the fee.
         if continue_from is not None:

@@ -61,6 +61,15 @@ class TrainResult:
         }
 
 
+def check_attribution_capture(attribution_dim: int | None, resume: bool) -> None:
+    """Refuse (InvalidInput) recording an attribution index during a resumed run: the index is recorded from a
+    run's first step. Checked where a run is asked for (train, job submission), before any work."""
+    if attribution_dim is not None and resume:
+        raise InvalidInput("an attribution index is recorded from a run's first step and cannot follow a resumed "
+                           "run: resume without it, then build the index by replay (royalty attribution index build "
+                           "ADAPTER)", field="attribution_index")
+
+
 class Factory:
     """ModelFactory on one node. Heavy libraries are imported by the methods that need them."""
 
@@ -114,12 +123,9 @@ class Factory:
         owner = node.accounts.get(actor)
         self.check_registration_fee(owner.id)
         parent_adapter = node.adapters.get(parent) if parent is not None else None
+        check_attribution_capture(attribution_dim, resume)
         capture = None
         if attribution_dim is not None:
-            if resume:
-                raise InvalidInput("an attribution index is recorded from a run's first step and cannot follow a "
-                                   "resumed run: resume without it, then build the index by replay (royalty "
-                                   "attribution index build ADAPTER)", field="attribution_index")
             capture = node.attribution.capture(dim=attribution_dim)
             callbacks = [*callbacks, capture]
         run = setup(
