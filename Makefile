@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/royalty demo
 
+# Two workers, one per core; worksteal rebalances around the long state-machine and crash tests.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	# Each benchmark exits 1 when it misses a target; '-' runs the rest anyway (the table in docs/BENCHMARKS.md says which).
