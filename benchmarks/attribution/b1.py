@@ -497,6 +497,13 @@ def method_scores(trainer: Trainer, snapshots: list[Snapshot], examples: list[Ex
         s[f"EF-IF, c = {c:g}"] = fisher_influence(g, q, c)
         s[f"Fisher-Cos, c = {c:g}"] = fisher_cosine(g, q, c)  # the index's method "final"
         s[f"In-run Adam, Fisher-Cos, c = {c:g}"] = fisher_cosine(inrun_rows, q, c)
+    # Two cosines summed, each scaled by its spread over the examples of the query: the in-run rows carry what the
+    # trajectory did (the best LDS), the Fisher metric at the final weights what the adapter ends up relying on
+    # (the best fact top-1 and payout); a candidate for receipts.
+    spread = {name: s[name] / np.maximum(s[name].std(axis=1, keepdims=True), 1e-12)
+              for name in ("In-run Adam, Cos", *(f"Fisher-Cos, c = {c:g}" for c in dampings))}
+    for c in dampings:
+        s[f"Mix: In-run Cos + Fisher-Cos, c = {c:g}"] = spread["In-run Adam, Cos"] + spread[f"Fisher-Cos, c = {c:g}"]
     sizes = [w.numel() for w in trainer.lora]  # layout order: one block per LoRA weight matrix
     edges = np.cumsum([0, *sizes])
     s["DataInf"] = datainf(g, q, list(zip(edges[:-1], edges[1:], strict=True)))
