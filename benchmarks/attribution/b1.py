@@ -84,6 +84,7 @@ from royalty.attribution.synthetic import (
     generate,
     pretraining_texts,
 )
+from royalty.errors import InvalidInput
 from royalty.factory.basemodel import TinySpec
 from royalty.factory.callbacks import Batch
 from royalty.factory.data import IGNORE, Example
@@ -131,6 +132,9 @@ class B1Config:
     dampings: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     seeds: tuple[int, int] = (0, 1)  # the scored model's seed, and the noise-ceiling seed
     subset_seed: int = 0
+    # Another pretrained base (--base-seed): the base's initialisation and pretraining order, same texts. A base is
+    # not bit-reproducible across CPUs (float kernels differ), and B1's margins move with the base.
+    base_seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -159,7 +163,8 @@ def training_params(cfg: B1Config) -> dict[str, Any]:
     """What a retrain's result depends on (the ground-truth cache key): the config without the sampling sizes, so
     asking for more subsets reuses the retrains already made (subset masks are drawn in sequence: the first m of
     a larger draw are the m of a smaller one)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in _SAMPLING}
+    # base_seed 0 is left out, so the keys of caches made before it existed still match
+    return {k: v for k, v in cfg.to_dict().items() if k not in _SAMPLING and not (k == "base_seed" and v == 0)}
 
 
 def _key(obj: Any) -> str:
@@ -175,11 +180,15 @@ def build_base(cfg: B1Config, work: Path) -> Path:
     tokenizer_texts = texts + [f"{r.prompt} {r.response}" for r in generate(cfg.data).records[:200]]
     params = {"base": dataclasses.asdict(cfg.base), "steps": cfg.pretrain_steps, "seed": cfg.data.seed,
               "texts": tokenizer_texts}
+    seed = cfg.data.seed
+    if cfg.base_seed:
+        params["base_seed"] = cfg.base_seed
+        seed = 1_000 + cfg.base_seed
     folder = work / f"base-{_key(params)}"
     if (folder / "pretrain.json").exists():
         return folder
-    init_tiny(folder, tokenizer_texts, spec=cfg.base, seed=cfg.data.seed)
-    pretrain(folder, texts, minutes=1e6, max_steps=cfg.pretrain_steps, seed=cfg.data.seed)
+    init_tiny(folder, tokenizer_texts, spec=cfg.base, seed=seed)
+    pretrain(folder, texts, minutes=1e6, max_steps=cfg.pretrain_steps, seed=seed)
     return folder
 
 
@@ -724,7 +733,10 @@ def _run(cfg: B1Config, work: Path, log: Callable[[str], None]) -> Result:
     phi = banzhaf(cmasks, np.array(utility))
     # how reproducible that ground truth is: Spearman of the estimates from the even and the odd subsets
     utility_a = np.array(utility)
-    banzhaf_halves = float(spearman(banzhaf(cmasks[::2], utility_a[::2]), banzhaf(cmasks[1::2], utility_a[1::2])))
+    try:
+        banzhaf_halves = float(spearman(banzhaf(cmasks[::2], utility_a[::2]), banzhaf(cmasks[1::2], utility_a[1::2])))
+    except InvalidInput:  # too few subsets (--quick): a half leaves some contributor always in or always out
+        banzhaf_halves = float("nan")
     pay = {name: payout(v, owners, groups) for name, v in scores.methods.items()}  # every method: same policy
     payout_spearman = {name: float(spearman(np.array([p[c] for c in players]), phi)) for name, p in pay.items()}
 
@@ -851,14 +863,22 @@ def main() -> int:
     parser.add_argument("--all-linear", action="store_true",
                         help="LoRA on every linear layer (attention and MLP) instead of q_proj and v_proj")
     parser.add_argument("--no-write", action="store_true", help="print results only; leave docs/BENCHMARKS.md alone")
+    parser.add_argument("--base-seed", type=int, default=0, metavar="N",
+                        help="pretrain another base (N > 0) and write its own section; margins move with the base")
     args = parser.parse_args()
+    if args.base_seed < 0:
+        parser.error("--base-seed must be >= 0")
     cfg = QUICK if args.quick else ALL_LINEAR if args.all_linear else B1Config()
+    cfg = dataclasses.replace(cfg, base_seed=args.base_seed)
     result = run(cfg, WORK, log=lambda line: print(line, file=sys.stderr, flush=True))
     rows, notes = table(result, cfg)
     section, title = ("attribution_b1_all_linear", "Attribution B1, LoRA on every linear layer") if args.all_linear \
         else ("attribution_b1", "Attribution B1: LoRA fine-tuning with known provenance")
+    if args.base_seed:
+        section, title = f"{section}_base{args.base_seed}", f"{title} (pretrained base {args.base_seed})"
     return publish(section, title, "python benchmarks/attribution/b1.py" + (" --quick" if args.quick else "")
-                   + (" --all-linear" if args.all_linear else ""), rows, notes,
+                   + (" --all-linear" if args.all_linear else "")
+                   + (f" --base-seed {args.base_seed}" if args.base_seed else ""), rows, notes,
                    write=not (args.no_write or args.quick),
                    setup="Setup: see the docstring of benchmarks/attribution/b1.py.")
 
