@@ -75,7 +75,8 @@ GROUPS_FILE = "groups.json"  # every row's grouping key (near_duplicate_keys), c
 BUILD_FORMAT = "royalty.attribution-build/1"
 DEFAULT_DIM = 1024
 METHODS = ("inrun", "final")  # see Attribution.build_index
-# B1 with q,v LoRA: the best LDS (0.381); "final" leads on fact top-1 and payout (docs/ATTRIBUTION.md, Measured)
+# B1: in-run cosine is level with TracIn-CP on LDS; summed with "final" it gains 0.24-0.34 of fact-owner top-1 at
+# about the same LDS and payout (docs/ATTRIBUTION.md, Measured): that mix is the candidate for the next default
 DEFAULT_METHOD = "inrun"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_TOP = 10
