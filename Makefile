@@ -32,6 +32,7 @@ bench: $(STAMP)
 	-$(PY) benchmarks/attribution/spans.py
 	-$(PY) benchmarks/attribution/b1.py
 	-$(PY) benchmarks/attribution/b1.py --all-linear
+	-$(PY) benchmarks/attribution/b1.py --base-seed 1
 	-$(PY) benchmarks/attribution/query.py
 	-$(PY) benchmarks/attribution/capture.py
 
