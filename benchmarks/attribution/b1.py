@@ -3,6 +3,7 @@ reference §2, §6, §7, §9).
 
 Run:  .venv/bin/python benchmarks/attribution/b1.py                (~1,000 examples, 20 contributors, 64 subsets)
       .venv/bin/python benchmarks/attribution/b1.py --all-linear   (the same with LoRA on every linear layer)
+      .venv/bin/python benchmarks/attribution/b1.py --base-seed 1  (another pretrained base; its own section)
       .venv/bin/python benchmarks/attribution/b1.py --quick        (a tiny version in minutes; writes nothing)
 
 Data: ``royalty.attribution.synthetic.generate`` (10 transformation tasks, 50 planted facts with one owner each,
@@ -35,7 +36,8 @@ at the final weights and over the checkpoints; damped empirical-Fisher influence
 F = GᵀG/n and λ = c × the mean non-zero eigenvalue of F (trace / rank), computed in the n×n kernel form;
 representation similarity (cosine of the final layer's hidden state averaged over the answer's positions); in-run
 Adam rows (``attribution.inrun``, what receipts use: each example's Adam-scaled share of the updates it was in),
-dot and cosine; vectorised DataInf; BM25 over prompt and response; TRAK-style: EF-IF at c = 10 averaged over 3
+dot and cosine; a mix of in-run cosine and Fisher-cosine (each divided by its spread over the query's examples, then
+summed); vectorised DataInf; BM25 over prompt and response; TRAK-style: EF-IF at c = 10 averaged over 3
 independently trained models.
 
 Metrics: LDS (mean over queries of the Spearman correlation over subsets) with paired per-query differences
