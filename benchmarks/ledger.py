@@ -421,6 +421,13 @@ def sqlite_core(work: Path, quick: bool) -> tuple[list[Row], str]:
     return rows, notes
 
 
+def transactions_since(node: royalty.Node, before: int) -> int:
+    """Write transactions since journal size ``before``: a group's transfers share one ledger-clock timestamp."""
+    with node.store.read() as conn:
+        return int(conn.exec_driver_sql(
+            "SELECT COUNT(DISTINCT timestamp) FROM ledger_transfers WHERE event_seq >= ?", (before,)).scalar_one())
+
+
 def sqlite_group_commit(work: Path, quick: bool) -> tuple[list[Row], str]:
     users = 20_000 if quick else 100_000
     total = 100_000 if quick else 1_000_000
@@ -437,9 +444,7 @@ def sqlite_group_commit(work: Path, quick: bool) -> tuple[list[Row], str]:
     before = node.journal.size()
     secs, lat, _ = run_threads(node, calls, GC_THREADS, make)
     rate = calls * GC_PER_CALL / secs
-    with node.store.read() as conn:
-        commits = conn.exec_driver_sql(
-            "SELECT COUNT(DISTINCT timestamp) FROM ledger_transfers WHERE event_seq >= ?", (before,)).scalar_one()
+    commits = transactions_since(node, before)
     print(f"group commit, {GC_THREADS} threads x {GC_PER_CALL} per call: {rate:,.0f} transfers/s over "
           f"{calls * GC_PER_CALL:,} (p99 {p99(lat) * 1e3:.1f} ms, {calls / commits:.1f} calls per commit)", flush=True)
     paced_calls = max(calls // 10, 2_000)
@@ -447,9 +452,7 @@ def sqlite_group_commit(work: Path, quick: bool) -> tuple[list[Row], str]:
     before = node.journal.size()
     with FullCollections() as full_gc:
         paced_secs, paced_lat, _ = run_threads(node, paced_calls, GC_THREADS, make, rate=pace)
-    with node.store.read() as conn:
-        paced_commits = conn.exec_driver_sql(
-            "SELECT COUNT(DISTINCT timestamp) FROM ledger_transfers WHERE event_seq >= ?", (before,)).scalar_one()
+    paced_commits = transactions_since(node, before)
     paced_p99 = p99(paced_lat) * 1e3
     print(f"  at 80% load ({0.8 * rate:,.0f}/s offered, {paced_calls * GC_PER_CALL / paced_secs:,.0f}/s done): "
           f"p99 {paced_p99:.1f} ms, p50 {statistics.median(paced_lat) * 1e3:.1f} ms; {full_gc}", flush=True)
